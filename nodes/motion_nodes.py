@@ -1,0 +1,107 @@
+"""TTM_ImageToMotion: Stage 1, the mask trajectory."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from comfy_api.latest import io
+
+from ..ttm_core.errors import TTMInputError
+from ..ttm_core.motion import mask_centroids, trajectory_from_paths
+from ..ttm_core.paths import attach_splines, parse_paths
+from ._common import CATEGORY, Objects, Trajectory, check_combo, progress_callback
+
+BACKENDS = ("paths",)
+EXAMPLE_PATHS = json.dumps({
+    "version": 1, "units": "normalized",
+    "objects": {"1": {"keyframes": [{"t": 1.0, "x": 0.6, "y": 0.5, "easing": "ease_in_out"}]}},
+}, indent=1)
+
+
+def _depth_order(text: str, objects) -> tuple[int, ...]:
+    if not text.strip():
+        return ()
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    order = tuple(objects.ids[objects.prompts.index_of(n)] for n in names)
+    if sorted(order) != sorted(objects.ids):
+        raise TTMInputError("depth_order", f"{text!r} does not name every object exactly once "
+                            f"(objects: {', '.join(objects.prompts.names)})",
+                            "list all objects front to back, comma-separated, or leave it empty")
+    return order
+
+
+class ImageToMotion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TTM_ImageToMotion",
+            display_name="Image To Motion (Through-The-Mask)",
+            category=CATEGORY,
+            description="Stage 1: make the mask trajectory - where every object is in every frame. The paths "
+                        "backend moves each object along keyframes or a SplineEditor spline.",
+            inputs=[
+                io.Image.Input("image", tooltip="The first frame (only its size is used by the paths backend)."),
+                Objects.Input("objects", tooltip="The objects to move (TTM_OBJECTS)."),
+                io.Combo.Input("backend", options=list(BACKENDS), default="paths",
+                               tooltip="paths: objects follow the keyframes/splines you give."),
+                io.String.Input("paths", multiline=True, default=EXAMPLE_PATHS,
+                                tooltip="Paths JSON (version 1): per object (name or 1-based id) either "
+                                        "'keyframes' [{frame|t, x, y, scale, rotation, easing}] or a 'spline' "
+                                        "(SplineEditor points). Coordinates move the object's centroid; units "
+                                        "'normalized' (0..1) or 'pixels'. Objects without a path stay still. "
+                                        "See the README for every field."),
+                io.Int.Input("num_frames", default=49, min=1, max=4096,
+                             tooltip="Frames in the clip, the first frame included."),
+                io.Float.Input("fps", default=16.0, min=0.01, max=240.0, step=0.01,
+                               tooltip="Playback rate of the trajectory (passed on to the video)."),
+                io.String.Input("depth_order", default="",
+                                tooltip="Objects from front to back, comma-separated names or ids (e.g. "
+                                        "'big coin, 1'). Empty = object 1 in front, then 2, ..."),
+                io.String.Input("spline_coords", optional=True, force_input=True,
+                                tooltip="Optional: KJNodes SplineEditor coord_str (one spline, or several)."),
+                io.String.Input("spline_objects", default="",
+                                tooltip="Objects that take the connected splines, in spline order "
+                                        "(comma-separated names or ids). Empty = objects 1, 2, ..."),
+                io.Int.Input("spline_width", default=0, min=0, max=16384,
+                             tooltip="SplineEditor canvas width (its mask_width); 0 = the image width."),
+                io.Int.Input("spline_height", default=0, min=0, max=16384,
+                             tooltip="SplineEditor canvas height (its mask_height); 0 = the image height."),
+            ],
+            outputs=[
+                Trajectory.Output("trajectory", tooltip="The mask trajectory (TTM_TRAJECTORY)."),
+                io.Image.Output("preview", tooltip="The trajectory as a colour video (one colour per object)."),
+                io.Mask.Output("mask", tooltip="Per frame, where any object is (1) or background (0)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, backend=None, paths=None) -> bool | str:
+        combo = check_combo("backend", backend, BACKENDS)
+        if combo is not True:
+            return combo
+        if isinstance(paths, str) and paths.strip():
+            try:
+                json.loads(paths)
+            except json.JSONDecodeError as err:
+                return (f"paths: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}). "
+                        "Fix: correct the JSON, or clear the field to keep every object still")
+        return True
+
+    @classmethod
+    def execute(cls, image: torch.Tensor, objects, backend: str, paths: str, num_frames: int, fps: float,
+                depth_order: str, spline_objects: str, spline_width: int, spline_height: int,
+                spline_coords: str | None = None) -> io.NodeOutput:
+        height, width = int(image.shape[1]), int(image.shape[2])
+        if (height, width) != objects.size:
+            raise TTMInputError("image", f"the image is {width}x{height} but the objects' masks are "
+                                f"{objects.size[1]}x{objects.size[0]}", "use the image the objects were made on")
+        spec: str | dict = paths
+        if spline_coords is not None and spline_coords.strip():
+            canvas = (spline_width or width, spline_height or height)
+            spec = attach_splines(paths, spline_coords, spline_objects, objects.prompts, canvas)
+        order = _depth_order(depth_order, objects)
+        object_paths = parse_paths(spec, objects.prompts, objects.size, num_frames, mask_centroids(objects.masks))
+        trajectory = trajectory_from_paths(objects, object_paths, num_frames, fps, order,
+                                           progress=progress_callback(cls.hidden.unique_id))
+        return io.NodeOutput(trajectory, trajectory.color_video(), trajectory.foreground())

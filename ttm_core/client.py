@@ -1,0 +1,153 @@
+"""A small client for ComfyUI's HTTP API (no ComfyUI import; standard library only).
+
+Queue an API-format workflow, wait for it, and fetch what it wrote. The demo, the tests and
+the batch runner use it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+LOG = logging.getLogger(__name__)
+
+
+class ComfyError(RuntimeError):
+    """The server refused a prompt, a prompt failed, or the server could not be reached."""
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file a node reported in its UI output (``/history``)."""
+
+    node_id: str
+    filename: str
+    subfolder: str
+    type: str
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    """A finished prompt: its history entry and the files its nodes reported."""
+
+    prompt_id: str
+    status: str  # "success" or "error"
+    history: Mapping[str, Any]
+
+    @property
+    def error(self) -> Mapping[str, Any] | None:
+        """The ``execution_error`` message data, if the prompt failed."""
+        for kind, data in self.history.get("status", {}).get("messages", []):
+            if kind == "execution_error":
+                return data
+        return None
+
+    def files(self) -> Iterator[OutputFile]:
+        for node_id, output in self.history.get("outputs", {}).items():
+            for key in ("images", "gifs", "videos"):
+                for item in output.get(key, []) or []:
+                    if isinstance(item, Mapping) and "filename" in item:
+                        yield OutputFile(node_id, item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+
+
+class ComfyClient:
+    """Talks to one ComfyUI server, e.g. ``ComfyClient("http://127.0.0.1:8188")``."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0, client_id: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.client_id = client_id or uuid.uuid4().hex
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as err:
+            text = err.read().decode(errors="replace")
+            try:
+                details = json.loads(text)
+            except json.JSONDecodeError:
+                details = text
+            raise ComfyError(f"{method} {path} -> HTTP {err.code}: {_describe(details)}", details) from None
+        except (urllib.error.URLError, OSError) as err:
+            raise ComfyError(f"cannot reach ComfyUI at {self.base_url} ({err}); is the server running?") from None
+        return json.loads(payload) if payload else None
+
+    def object_info(self) -> dict[str, Any]:
+        return self._request("GET", "/object_info")
+
+    def queue(self, prompt: Mapping[str, Any]) -> str:
+        """Queue an API-format prompt; returns its prompt id.
+
+        Raises ComfyError when the server refuses it (HTTP 400) or reports ``node_errors``
+        (ComfyUI answers 200 and runs the valid part when only some outputs are invalid).
+        """
+        answer = self._request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})
+        if answer.get("node_errors"):
+            raise ComfyError(f"the server refused nodes: {_describe(answer)}", answer)
+        return answer["prompt_id"]
+
+    def history(self, prompt_id: str) -> Mapping[str, Any] | None:
+        entry = self._request("GET", f"/history/{urllib.parse.quote(prompt_id)}")
+        return entry.get(prompt_id) if entry else None
+
+    def wait(self, prompt_id: str, timeout: float = 600.0, poll: float = 0.25) -> PromptResult:
+        """Wait until the prompt has finished; raises ComfyError on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.history(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None and (
+                    entry["status"].get("completed") or entry["status"].get("status_str") == "error"):
+                return PromptResult(prompt_id, entry["status"].get("status_str", "success"), entry)
+            time.sleep(poll)
+        raise ComfyError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+    def run(self, prompt: Mapping[str, Any], timeout: float = 600.0) -> PromptResult:
+        """Queue and wait; raises ComfyError with the node's message if execution failed."""
+        result = self.wait(self.queue(prompt), timeout)
+        if result.status != "success":
+            error = result.error or {}
+            raise ComfyError(f"node {error.get('node_id')} ({error.get('node_type')}) failed: "
+                             f"{error.get('exception_message', 'unknown error')}", result)
+        return result
+
+    def view(self, file: OutputFile) -> bytes:
+        query = urllib.parse.urlencode({"filename": file.filename, "subfolder": file.subfolder, "type": file.type})
+        request = urllib.request.Request(f"{self.base_url}/view?{query}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.read()
+        except (urllib.error.URLError, OSError) as err:
+            raise ComfyError(f"cannot fetch {file.filename} from {self.base_url}: {err}") from None
+
+    def interrupt(self) -> None:
+        self._request("POST", "/interrupt", {})
+
+
+def _describe(details: Any) -> str:
+    """A one-line summary of ComfyUI's error JSON (error message plus node error details)."""
+    if not isinstance(details, Mapping):
+        return str(details)[:500]
+    parts = []
+    error = details.get("error")
+    if isinstance(error, Mapping):
+        parts.append(f"{error.get('message', '')} {error.get('details', '')}".strip())
+    for node_id, node in (details.get("node_errors") or {}).items():
+        for item in node.get("errors", []):
+            parts.append(f"node {node_id} ({node.get('class_type')}): {item.get('details') or item.get('message')}")
+    return "; ".join(p for p in parts if p) or json.dumps(details)[:500]
