@@ -1,0 +1,22 @@
+# Two commands in the README's quick start: `make demo` and `make test`.
+PY := .venv/bin/python
+PORT ?= 8188
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test serve clean
+
+setup:  ## build .venv (torch, deps, test tools) and .comfyui/ComfyUI from nothing; idempotent
+	bash tools/setup_env.sh
+
+demo: setup  ## start a headless ComfyUI, queue the shipped workflow, print the mp4's path last
+	$(PY) tools/demo.py
+
+test: setup  ## the whole test suite (unit, real ComfyUI server, headless Chromium)
+	bash tools/setup_browser.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+serve: setup  ## the pack in the project's ComfyUI on 127.0.0.1:$(PORT), foreground, stop with SIGTERM
+	$(PY) tools/comfy_harness.py --port $(PORT)
+
+clean:  ## remove the environment and every ComfyUI run folder
+	rm -rf .venv .comfyui artifacts
