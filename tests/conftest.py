@@ -1,10 +1,38 @@
-"""Shared test setup: the repo root on sys.path so tests import `ttm_core` and `tools`."""
+"""Shared fixtures: one real ComfyUI server per test session, its client, the artifacts folder."""
 
 from __future__ import annotations
 
-import sys
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import pytest
+
+from _support import ROOT
+from tools.comfy_harness import ComfyServer
+from ttm_core.client import ComfyClient
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where tests leave files for people to look at (screenshots, server logs); git-ignored."""
+    folder = ROOT / "artifacts"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[ComfyServer]:
+    """A real ComfyUI (the project's, or TTM_COMFYUI_DIR) with the pack, on a free loopback port."""
+    server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.copy(server.log_path, artifacts / "comfyui-test-server.log")
+
+
+@pytest.fixture(scope="session")
+def client(comfy_server: ComfyServer) -> ComfyClient:
+    return ComfyClient(comfy_server.url, timeout=60)

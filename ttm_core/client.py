@@ -135,6 +135,25 @@ class ComfyClient:
         except (urllib.error.URLError, OSError) as err:
             raise ComfyError(f"cannot fetch {file.filename} from {self.base_url}: {err}") from None
 
+    def upload_image(self, data: bytes, name: str, subfolder: str = "", overwrite: bool = True) -> str:
+        """Upload an image into the server's input folder (/upload/image); returns its input name."""
+        boundary = uuid.uuid4().hex
+        fields = [("overwrite", "true" if overwrite else "false"), ("subfolder", subfolder), ("type", "input")]
+        body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+                        for key, value in fields)
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"{self.base_url}/upload/image", data=body, method="POST",
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            raise ComfyError(f"upload of {name} refused: HTTP {err.code} {err.read()[:200]!r}") from None
+        except (urllib.error.URLError, OSError) as err:
+            raise ComfyError(f"cannot reach ComfyUI at {self.base_url} ({err})") from None
+        return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
+
     def interrupt(self) -> None:
         self._request("POST", "/interrupt", {})
 

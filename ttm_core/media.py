@@ -93,19 +93,27 @@ def quality_to_crf(quality: int, worst: int) -> int:
     return int(round(worst * (1.0 - 0.75 * quality / 100.0)))
 
 
-def frames_to_uint8(frames: torch.Tensor, chunk: int = 8, pad_even: bool = False) -> Iterator[np.ndarray]:
+def frames_to_uint8(frames: torch.Tensor, chunk: int = 4, pad_even: bool = False) -> Iterator[np.ndarray]:
     """Yield uint8 ``[H, W, 3]`` frames from float ``[T, H, W, 3]`` in 0..1, ``chunk`` at a time.
 
-    Only one chunk is ever converted at once, so the extra memory is O(chunk), not O(T).
-    With ``pad_even`` an odd width or height is padded by repeating the last column/row.
+    One float and one uint8 buffer of ``chunk`` frames are allocated once and reused, so the
+    extra memory is O(chunk) whatever T is (no allocator churn of chunk-sized temporaries).
+    Each yielded frame is the caller's own array. With ``pad_even`` an odd width or height is
+    padded by repeating the last column/row.
     """
     total = frames.shape[0]
+    chunk = max(1, min(chunk, total))
+    scratch = torch.empty((chunk, *frames.shape[1:]), dtype=torch.float32)
+    as_bytes = torch.empty((chunk, *frames.shape[1:]), dtype=torch.uint8)
+    pad = ((0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)) if pad_even else None
     for start in range(0, total, chunk):
-        block = frames[start:start + chunk].detach()
-        block = block.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8).cpu().numpy()
-        if pad_even and (block.shape[1] % 2 or block.shape[2] % 2):
-            block = np.pad(block, ((0, 0), (0, block.shape[1] % 2), (0, block.shape[2] % 2), (0, 0)), mode="edge")
-        yield from block
+        count = min(chunk, total - start)
+        buffer = scratch[:count]
+        buffer.copy_(frames[start:start + count].detach())
+        buffer.clamp_(0.0, 1.0).mul_(255.0).round_()
+        as_bytes[:count].copy_(buffer)
+        for array in as_bytes[:count].numpy():
+            yield np.pad(array, pad, mode="edge") if pad is not None and any(p[1] for p in pad) else array.copy()
 
 
 def _check_frames(frames: torch.Tensor) -> None:

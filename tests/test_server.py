@@ -1,0 +1,243 @@
+"""Against a real ComfyUI server: node list, the shipped workflow end to end, bad input, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import uuid
+from pathlib import Path
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from _support import ROOT, load_workflow
+from ttm_core.client import ComfyClient, ComfyError
+from ttm_core.motion import mask_centroids
+from ttm_core.paths import parse_paths, sample_path
+from ttm_core.types import ObjectPrompt, Prompts
+
+pytestmark = pytest.mark.server
+API_WORKFLOW = "ttm_warp_paths_api.json"
+TTM_NODES = ["TTM_PromptDecompose", "TTM_ObjectsFromMasks", "TTM_ImageToMotion", "TTM_MaskedMotionToVideo",
+             "TTM_VideoCombine"]
+
+
+def test_object_info_lists_every_node_with_tooltips(client: ComfyClient) -> None:
+    info = client.object_info()
+    for node_id in TTM_NODES:
+        node = info[node_id]
+        assert node["category"] == "Through-The-Mask"
+        assert "Through-The-Mask" in node["display_name"]
+        inputs = {**node["input"].get("required", {}), **node["input"].get("optional", {})}
+        assert inputs, node_id
+        for name, spec in inputs.items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert info["TTM_VideoCombine"]["output_node"] is True
+    assert info["TTM_ImageToMotion"]["output"] == ["TTM_TRAJECTORY", "IMAGE", "MASK"]
+
+
+def fetch_video(client: ComfyClient, result, tmp_path: Path) -> Path:
+    videos = [f for f in result.files() if f.filename.endswith(".mp4")]
+    assert len(videos) == 1, list(result.files())
+    path = tmp_path / videos[0].filename
+    path.write_bytes(client.view(videos[0]))
+    return path
+
+
+def decode(path: Path) -> tuple[np.ndarray, float]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        return frames, float(stream.average_rate)
+
+
+def expected_centroids(workflow: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, where the paths JSON asks each object's centroid to be: [T, L, 2], plus rest [L, 2]."""
+    masks = torch.stack([load_mask(f"ttm_coins_mask_{side}.png") for side in ("left", "right")])
+    lines = workflow["4"]["inputs"]["objects"].splitlines()
+    prompts = Prompts("g", "m", tuple(ObjectPrompt(*line.split(":", 1)) for line in lines))
+    motion = workflow["6"]["inputs"]
+    rest = mask_centroids(masks)
+    paths = parse_paths(motion["paths"], prompts, tuple(masks.shape[1:]), motion["num_frames"], rest)
+    poses = np.stack([sample_path(p, motion["num_frames"])[:, :2].numpy() for p in paths], axis=1)
+    return poses, rest.numpy()
+
+
+def load_mask(name: str) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(ROOT / "examples" / name).convert("L")) / 255.0).float()
+
+
+def measure_centroids(frames: np.ndarray, mask: np.ndarray, rest: np.ndarray, guess: np.ndarray) -> np.ndarray:
+    """Track an object through decoded frames by matching its first-frame pixels.
+
+    For every frame the object's pixels (mask eroded by 2 px, grey levels of frame 0) are
+    compared with the frame at integer shifts within +-6 px of the guess (sum of squared
+    differences); a parabola through the best score and its neighbours gives the sub-pixel
+    shift. Returns measured centroids [T, 2] = rest + shift.
+    """
+    grey = frames.astype(np.float64).mean(axis=-1)
+    inner = ndimage.binary_erosion(mask > 0.5, iterations=2)
+    ys, xs = np.nonzero(inner)
+    template = grey[0][ys, xs]
+    height, width = grey.shape[1:]
+    out = []
+    for t in range(len(grey)):
+        base = np.rint(guess[t] - rest).astype(int)
+        scores = np.full((13, 13), np.inf)
+        for j, dy in enumerate(range(base[1] - 6, base[1] + 7)):
+            for i, dx in enumerate(range(base[0] - 6, base[0] + 7)):
+                yy, xx = ys + dy, xs + dx
+                keep = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
+                if keep.mean() > 0.5:
+                    scores[j, i] = np.mean((grey[t][yy[keep], xx[keep]] - template[keep]) ** 2)
+        j, i = np.unravel_index(np.argmin(scores), scores.shape)
+
+        def refine(a: float, b: float, c: float) -> float:
+            denominator = a - 2 * b + c
+            return 0.0 if not np.isfinite(denominator) or denominator <= 0 else 0.5 * (a - c) / denominator
+
+        sub_x = refine(*scores[j, i - 1:i + 2]) if 0 < i < 12 else 0.0
+        sub_y = refine(*scores[j - 1:j + 2, i]) if 0 < j < 12 else 0.0
+        out.append(rest + np.array([base[0] - 6 + i + sub_x, base[1] - 6 + j + sub_y]))
+    return np.array(out)
+
+
+def test_shipped_workflow_moves_each_object_along_its_path(client: ComfyClient, tmp_path: Path) -> None:
+    workflow = load_workflow(API_WORKFLOW)
+    result = client.run(workflow, timeout=300)
+    frames, fps = decode(fetch_video(client, result, tmp_path))
+    motion = workflow["6"]["inputs"]
+    assert frames.shape == (motion["num_frames"], 288, 384, 3)
+    assert fps == pytest.approx(motion["fps"])
+    first = np.asarray(Image.open(ROOT / "examples" / "ttm_coins.png").convert("RGB")).astype(np.float64)
+    assert np.abs(frames[0] - first).mean() < 3.0  # the video starts from the image (lossy H.264)
+
+    expected, rest = expected_centroids(workflow)
+    # The keyframes themselves, straight from the JSON: left coin at t=0.5 and t=1.
+    assert expected[24, 0].tolist() == pytest.approx([150, 152])
+    assert expected[48, 0].tolist() == pytest.approx([250, 152])
+    for index, side in enumerate(("left", "right")):
+        mask = load_mask(f"ttm_coins_mask_{side}.png").numpy()
+        measured = measure_centroids(frames, mask, rest[index], expected[:, index])
+        error = np.linalg.norm(measured - expected[:, index], axis=-1)
+        assert error.max() <= 2.0, f"{side} coin off its path by up to {error.max():.2f} px at frame {error.argmax()}"
+        assert np.linalg.norm(expected[-1, index] - rest[index]) > 60  # and it really travelled
+
+
+def mask_png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def expect_failure(client: ComfyClient, workflow: dict, *needles: str) -> str:
+    """Queue a bad workflow: it must be refused (node_errors / HTTP 400) or fail with execution_error."""
+    try:
+        prompt_id = client.queue(workflow)
+    except ComfyError as err:
+        message = str(err)
+    else:
+        result = client.wait(prompt_id, timeout=120)
+        assert result.status == "error", "the bad workflow ran successfully"
+        message = result.error["exception_message"]
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+    return message
+
+
+def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient) -> None:
+    small = client.upload_image(mask_png(np.full((100, 100), 255)), "ttm_test_small_mask.png")
+    empty = client.upload_image(mask_png(np.zeros((288, 384))), "ttm_test_empty_mask.png")
+
+    def variant(**changes: dict) -> dict:
+        workflow = load_workflow(API_WORKFLOW)
+        workflow["8"]["inputs"]["filename_prefix"] = f"ttm/bad_{uuid.uuid4().hex[:8]}"
+        for node_id, inputs in changes.items():
+            workflow[node_id.lstrip("n")]["inputs"].update(inputs)
+        return workflow
+
+    expect_failure(client, variant(n3={"image": small}), "mask_2: the mask is 100x100 but the image is 384x288")
+    expect_failure(client, variant(n3={"image": empty}), "mask_2: mask 1 of this input is empty")
+    expect_failure(client, variant(n4={"objects": ""}), "prompts: the prompts name no objects (zero objects)")
+    expect_failure(client, variant(n4={"objects": "left coin: a coin\nbig coin a coin"}),
+                   "objects: line 2 ('big coin a coin') has no colon")
+    paths = json.loads(load_workflow(API_WORKFLOW)["6"]["inputs"]["paths"])
+    paths["objects"]["bird"] = {"keyframes": [{"t": 1, "x": 10, "y": 10}]}
+    expect_failure(client, variant(n6={"paths": json.dumps(paths)}),
+                   "paths: there is no object 'bird' (objects: 1 = 'left coin', 2 = 'big coin')")
+    paths["objects"].pop("bird")
+    paths["objects"]["big coin"]["spline"] = '[{"x": 348, "y": 179}, {"x": 330 "y": 230}]'
+    expect_failure(client, variant(n6={"paths": json.dumps(paths)}), "big coin spline", "not valid JSON")
+    socket = variant()
+    socket["20"] = {"class_type": "PrimitiveString", "inputs": {"value": "[{'x': 1, 'y': 2},"}}
+    socket["6"]["inputs"]["spline_coords"] = ["20", 0]
+    expect_failure(client, socket, "spline_coords: not valid JSON")
+    expect_failure(client, variant(n8={"filename_prefix": "../../escape"}), "filename_prefix", "'..'")
+    expect_failure(client, variant(n6={"backend": "nonsense"}), "backend: 'nonsense' is not one of paths")
+    # ... and the server still serves the next prompt.
+    result = client.run(variant(), timeout=300)
+    assert any(f.filename.endswith(".mp4") for f in result.files())
+
+
+async def _watch(url: str, prompt: dict, interrupt_on_node: str | None) -> list[dict]:
+    """Queue with a websocket open; optionally /interrupt at the first progress of a node."""
+    client_id = uuid.uuid4().hex
+    messages: list[dict] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
+            async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as response:
+                prompt_id = (await response.json())["prompt_id"]
+            interrupted = False
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = json.loads(message.data)
+                if data.get("data", {}).get("prompt_id") not in (None, prompt_id):
+                    continue
+                messages.append(data)
+                if (interrupt_on_node and not interrupted and data["type"] == "progress"
+                        and data["data"]["node"] == interrupt_on_node):
+                    await (await session.post(f"{url}/interrupt")).release()
+                    interrupted = True
+                if data["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                    break
+    return messages
+
+
+def long_workflow(frames: int, prefix: str) -> dict:
+    workflow = load_workflow(API_WORKFLOW)
+    workflow["6"]["inputs"]["num_frames"] = frames
+    workflow["8"]["inputs"]["filename_prefix"] = prefix
+    return workflow
+
+
+def test_progress_is_reported_per_frame(comfy_server, client: ComfyClient) -> None:
+    prefix = f"ttm/progress_{uuid.uuid4().hex[:8]}"
+    messages = asyncio.run(_watch(comfy_server.url, long_workflow(21, prefix), None))
+    assert messages[-1]["type"] == "execution_success"
+    for node in ("6", "7", "8"):  # trajectory frames, rendered frames, encoded frames
+        steps = [m["data"] for m in messages if m["type"] == "progress" and m["data"]["node"] == node]
+        assert [s["value"] for s in steps] == list(range(1, 22)), node
+        assert {s["max"] for s in steps} == {21}
+
+
+@pytest.mark.parametrize("node", ["7", "8"])
+def test_cancel_stops_promptly_and_leaves_no_file(comfy_server, client: ComfyClient, node: str) -> None:
+    prefix = f"ttm/cancel_{node}_{uuid.uuid4().hex[:8]}"
+    frames = 600
+    messages = asyncio.run(_watch(comfy_server.url, long_workflow(frames, prefix), interrupt_on_node=node))
+    assert messages[-1]["type"] == "execution_interrupted"
+    done = max(m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"]["node"] == node)
+    assert done < frames  # stopped inside the node's loop, not after it
+    output = comfy_server.base / "output" / "ttm"
+    leftovers = [p.name for p in output.iterdir() if prefix.split("/")[1] in p.name] if output.exists() else []
+    assert leftovers == []
+    # The next prompt runs normally.
+    result = client.run(long_workflow(5, prefix + "_after"), timeout=300)
+    assert any(f.filename.endswith(".mp4") for f in result.files())

@@ -1,0 +1,81 @@
+"""Make the UI-format (drag-and-drop) twin of an API-format workflow with the real frontend.
+
+ComfyUI's own frontend loads the API JSON (`app.loadApiJson`), the nodes are laid out in
+the columns given below, a note is added, and `app.graph.serialize()` is saved. Using the
+frontend guarantees the UI file is exactly what ComfyUI itself writes.
+Run: .venv/bin/python tools/make_ui_workflow.py workflows/X_api.json [--note TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools.browser import comfy_page  # noqa: E402
+from tools.comfy_harness import ComfyServer  # noqa: E402
+
+LAYOUT_JS = """
+async ([api, note]) => {
+  app.loadApiJson(api, 'workflow');
+  // Columns by graph depth: a node sits one column right of its deepest input.
+  const depth = {};
+  const ids = Object.keys(api);
+  const visit = (id) => {
+    if (depth[id] !== undefined) return depth[id];
+    let d = 0;
+    for (const v of Object.values(api[id].inputs || {})) {
+      if (Array.isArray(v)) d = Math.max(d, visit(String(v[0])) + 1);
+    }
+    return (depth[id] = d);
+  };
+  ids.forEach(visit);
+  const next = {};
+  for (const id of ids) {
+    const node = app.graph.getNodeById(Number(id));
+    const col = depth[id];
+    const y = next[col] ?? 80;
+    const width = Math.max(node.size[0], node.type.startsWith('TTM_') ? 380 : 320);
+    node.size = [width, node.computeSize()[1]];
+    if (node.type === 'TTM_ImageToMotion' || node.type === 'TTM_PromptDecompose') node.size[1] += 160;
+    node.pos = [40 + col * 430, y];
+    next[col] = y + node.size[1] + 70;
+  }
+  if (note) {
+    const n = LiteGraph.createNode('MarkdownNote') || LiteGraph.createNode('Note');
+    n.pos = [40, (next[0] ?? 80) + 20];
+    n.size = [380, 260];
+    n.widgets[0].value = note;
+    app.graph.add(n);
+  }
+  app.graph.setDirtyCanvas(true, true);
+  return app.graph.serialize();
+}
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("api_workflow", type=Path)
+    parser.add_argument("--note", default="", help="markdown shown in a note node")
+    options = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    api = json.loads(options.api_workflow.read_text())
+    target = options.api_workflow.with_name(options.api_workflow.name.replace("_api.json", ".json"))
+    with tempfile.TemporaryDirectory(prefix="ttm-ui-") as base, ComfyServer(Path(base)) as server, \
+            comfy_page(server.url) as page:
+        graph = page.evaluate(LAYOUT_JS, [api, options.note])
+    target.write_text(json.dumps(graph, indent=1) + "\n")
+    logging.info("wrote %s (%d nodes)", target, len(graph["nodes"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
