@@ -2,6 +2,8 @@
 PY := .venv/bin/python
 PORT ?= 8188
 PYTEST_ARGS ?=
+# ComfyUI base directory of `make serve` (models/, input/, output/, user/ live there)
+SERVE_BASE ?= $(or $(TTM_SERVE_BASE),.comfyui/serve)
 
 .PHONY: setup demo test serve clean
 
@@ -16,7 +18,7 @@ test: setup  ## the whole test suite (unit, real ComfyUI server, headless Chromi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 serve: setup  ## the pack in the project's ComfyUI on 127.0.0.1:$(PORT), foreground, stop with SIGTERM
-	$(PY) tools/comfy_harness.py --port $(PORT)
+	$(PY) tools/comfy_harness.py --port $(PORT) --base $(SERVE_BASE)
 
 clean:  ## remove the environment and every ComfyUI run folder
 	rm -rf .venv .comfyui artifacts

@@ -56,7 +56,9 @@ async ([api, note]) => {
     app.graph.add(n);
   }
   app.graph.setDirtyCanvas(true, true);
-  return app.graph.serialize();
+  // JSON.stringify drops undefined fields (evaluate() would turn them into nulls the
+  // frontend's schema rejects).
+  return JSON.stringify(app.graph.serialize());
 }
 """
 
@@ -71,7 +73,7 @@ def main() -> int:
     target = options.api_workflow.with_name(options.api_workflow.name.replace("_api.json", ".json"))
     with tempfile.TemporaryDirectory(prefix="ttm-ui-") as base, ComfyServer(Path(base)) as server, \
             comfy_page(server.url) as page:
-        graph = page.evaluate(LAYOUT_JS, [api, options.note])
+        graph = json.loads(page.evaluate(LAYOUT_JS, [api, options.note]))
     target.write_text(json.dumps(graph, indent=1) + "\n")
     logging.info("wrote %s (%d nodes)", target, len(graph["nodes"]))
     return 0
