@@ -428,7 +428,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = BatchRunner(options.server, workflow, todo, options.out, options.per_server, options.retries,
                          options.timeout, progress)
     try:
-        outcomes = runner.run()
+        if progress:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():  # log lines above the bars, not through them
+                outcomes = runner.run()
+        else:
+            outcomes = runner.run()
     except KeyboardInterrupt:
         LOG.warning("cancelled; the manifest has every finished job (%s)", manifest.path)
         return 130
