@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import ComfyClient, ComfyError, ComfyUnreachable, OutputFile
+from .client import ComfyClient, ComfyError, ComfyUnreachable, PromptResult
 from .jobs import Job, JobError, apply_job, read_jobs, validate_jobs
 
 LOG = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class BatchRunner:
                 continue
             kind = message.get("type")
             if kind == "executing" and data.get("node"):
-                node = client_node_title(self.workflow, data["node"])
+                node = _node_title(self.workflow, data["node"])
                 self._bars.job(slot, f"{job.id} @ {server.url}: {node}")
             elif kind == "progress":
                 self._bars.job(slot, f"{job.id} @ {server.url}: {node}", data.get("value", 0), data.get("max", 1))
@@ -251,10 +251,7 @@ class BatchRunner:
 
     def _collect(self, client: ComfyClient, prompt_id: str, job: Job) -> list[str]:
         history = client.history(prompt_id) or {}
-        outputs = [OutputFile(n, i["filename"], i.get("subfolder", ""), i.get("type", "output"))
-                   for n, out in history.get("outputs", {}).items()
-                   for key in ("images", "gifs", "videos") for i in out.get(key, []) or []
-                   if isinstance(i, dict) and "filename" in i and i.get("type", "output") == "output"]
+        outputs = [f for f in PromptResult(prompt_id, "success", history).files() if f.type == "output"]
         folder = self.out_dir / job.id
         if folder.exists():  # an earlier attempt's files: replace, never duplicate
             shutil.rmtree(folder)
@@ -354,7 +351,7 @@ class BatchRunner:
                 self._record(Outcome(job.id, job.line, status, error=reason))
 
 
-def client_node_title(workflow: dict[str, Any], node_id: str) -> str:
+def _node_title(workflow: dict[str, Any], node_id: str) -> str:
     node = workflow.get(str(node_id), {})
     return node.get("_meta", {}).get("title") or node.get("class_type", str(node_id))
 
