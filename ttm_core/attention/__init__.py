@@ -1,0 +1,1 @@
+"""Through-The-Mask masked attention (see docs/ATTENTION.md)."""
