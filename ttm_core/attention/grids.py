@@ -269,7 +269,7 @@ def token_grid_from_labels(labels: torch.Tensor, object_ids: Sequence[int], geom
 
     Args:
         labels: uint8 ``[T, H0, W0]``, 0 = background, other values = object ids. T need not
-            equal ``num_frames``: video frame f reads label frame round(f (T - 1) / (F - 1)).
+            equal ``num_frames``: video frame f reads label frame floor(f (T - 1) / (F - 1) + 1/2).
             (H0, W0) need not equal (height, width): labels are area-resampled.
         object_ids: the objects, in local-prompt order (ids absent from ``labels`` are allowed:
             such an object simply owns no token and no box).
@@ -292,7 +292,9 @@ def token_grid_from_labels(labels: torch.Tensor, object_ids: Sequence[int], geom
     sources = geometry.token_frame_sources(num_frames)
     tt, ht, wt = geometry.token_shape(num_frames, height, width)
     steps = labels.shape[0]
-    to_label_frame = [round(f * (steps - 1) / (num_frames - 1)) if num_frames > 1 else 0 for f in range(num_frames)]
+    # Nearest label frame, halves rounded up (Python's round() would round halves to even).
+    to_label_frame = [math.floor(f * (steps - 1) / (num_frames - 1) + 0.5) if num_frames > 1 else 0
+                      for f in range(num_frames)]
     channels = (0, *ids)
     fractions = torch.empty(len(channels), tt, ht, wt, dtype=torch.float32)
     for t, frames in enumerate(sources):

@@ -7,7 +7,7 @@ live in a ``MaskedLayers`` container outside the base model (the base model's st
 untouched), with keys such as::
 
     blocks.0.masked_self.to_q.weight      blocks.0.masked_cross.to_k.weight
-    blocks.0.masked_self.to_out.weight    blocks.0.masked_cross.to_out.bias
+    blocks.0.masked_self.to_out.weight    blocks.0.masked_cross.to_out.weight
 
 The processors feed each layer the same normalised input as the stock attention of its
 sub-layer and add its output to the stock attention output, inside the block's residual branch
@@ -70,7 +70,7 @@ class MaskedCrossAttentionLayer(nn.Module):
     """Masked cross-attention: a token attends to object l's local prompt inside l's box only.
 
     Keys and values are the concatenated local prompts (the paper's c_local); tokens inside no
-    box get exactly zero.
+    box get exactly zero (hence no output bias).
 
     Args:
         dim: channels of the block's hidden states.
@@ -88,9 +88,9 @@ class MaskedCrossAttentionLayer(nn.Module):
         self.to_v = nn.Linear(context_dim, dim)
         self.norm_q = nn.RMSNorm(dim // heads, eps=1e-6)
         self.norm_k = nn.RMSNorm(dim // heads, eps=1e-6)
-        self.to_out = nn.Linear(dim, dim)
+        # No bias: a bias would add a constant to tokens inside no box, which must get nothing.
+        self.to_out = nn.Linear(dim, dim, bias=False)
         nn.init.zeros_(self.to_out.weight)
-        nn.init.zeros_(self.to_out.bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, plan: Partition, backend: str = "auto") -> torch.Tensor:
         """x: ``[B, N, C]``; context: ``[B, M, Cc]``; plan: ``cross_partition`` (N x M). Returns ``[B, N, C]``."""
