@@ -193,6 +193,7 @@ def time_case(case: AttentionCase, rounds: int) -> dict[str, object]:
     ours = variants["ours"](q, k, v)
     max_abs_diff = float((ours - reference).abs().max())
     del reference, ours
+    variants["dense"](q, k, v)  # every variant has now run once (warm-up, not timed)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -210,6 +211,7 @@ def run_attention_benchmark(grids: Sequence[tuple[int, int, int]], coverages: Se
                             rounds: int, threads: int, memory: bool = True) -> dict[str, object]:
     """All cases; returns the JSON-ready report."""
     torch.set_num_threads(threads)
+    load_before = os.getloadavg()
     results = []
     for grid in grids:
         for coverage in coverages:
@@ -244,13 +246,15 @@ def run_attention_benchmark(grids: Sequence[tuple[int, int, int]], coverages: Se
     return {
         "benchmark": "attention",
         "what": "masked self-attention over object groups, [B=1, H, N, D] fp32 on CPU",
-        "timing_method": f"median of {rounds} interleaved rounds in one process (order rotates per round)",
+        "timing_method": f"median of {rounds} interleaved rounds in one process (order rotates per round), "
+                         "after one untimed call of each variant",
         "memory_method": "fresh subprocess per variant (inputs built in place, warm-up on a small problem): "
                          "peak RSS (VmHWM, reset just before the call) minus RSS before the call",
         "naive_includes": "building the N x N boolean mask",
         "ours_excludes": "building the grouping plan (once per forward, shared by all K blocks; plan_build_s)",
         "torch": torch.__version__, "threads": threads, "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "targets_at_grid": list(TARGET_GRID), "targets": TARGETS, "verdict": verdict,
+        "cpu_count": os.cpu_count(), "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
+        "targets_at_grid": list(TARGET_GRID), "targets": TARGETS, "verdict": verdict,
         "results": results,
     }
 
@@ -267,7 +271,9 @@ def format_table(report: dict[str, object]) -> str:
                      f"{r['rho']:>7.3f}{r['time_ratio']:>7.3f}{r['limit_eff']:>6.2f}{r['speedup_vs_naive']:>8.1f}"
                      f"{mem_text}{r['max_abs_diff_vs_naive']:>11.2e}")
     lines.append("")
-    lines.append(f"timing: {report['timing_method']}; threads {report['threads']}; torch {report['torch']}")
+    load = report["load_average_1_5_15"]
+    lines.append(f"timing: {report['timing_method']}; threads {report['threads']} of {report['cpu_count']} CPUs; "
+                 f"load average {load['before'][0]:.1f} -> {load['after'][0]:.1f}; torch {report['torch']}")
     lines.append(f"memory: {report['memory_method']}")
     lines.append(f"targets at {'x'.join(map(str, TARGET_GRID))}: limit_eff >= {TARGETS['limit_eff_min']}, "
                  f"ours' peak extra memory <= {TARGETS['memory_vs_dense_max']}x dense's, "
@@ -307,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     attention = sub.add_parser("attention", help="masked self-attention: dense vs naive vs grouped (CPU)")
     attention.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
-    attention.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    attention.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
     attention.add_argument("--threads", type=int, default=torch.get_num_threads(),
                            help="torch CPU threads (default: torch's default)")
     attention.add_argument("--grid", type=_parse_grid, action="append",
