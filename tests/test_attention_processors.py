@@ -317,6 +317,11 @@ def test_cross_rows_limit_local_prompts_to_the_conditional_half(name: str) -> No
     assert diff(mixed[:1], self_only[:1]) <= 1e-5
     assert diff(mixed[1:], both[1:]) <= 1e-5
     assert diff(both[:1], self_only[:1]) > 1e-4
+    # separate unconditional calls (diffusers' Wan pipelines): no row takes the local prompts
+    with masked_attention(c.model, plan_for(c, 1.0, 1.0)) as state:
+        state.cross_rows = (False,)
+        uncond = run2(c.latents)
+    assert diff(uncond, self_only[:1]) <= 1e-5
 
 
 def test_new_layers_have_their_own_state_dict_and_train() -> None:

@@ -93,7 +93,8 @@ def geometry_for(model: nn.Module, vae: nn.Module | None = None) -> VideoGeometr
     return VideoGeometry(base.name, 1, False, spatial, multi_level=True)
 
 
-_UNET_SITE = re.compile(r"^(down_blocks\.(\d+)|mid_block|up_blocks\.(\d+))\.attentions\.(\d+)\.transformer_blocks\.(\d+)$")
+_UNET_SITE = re.compile(r"^(down_blocks\.(\d+)|mid_block|up_blocks\.(\d+))"
+                        r"\.attentions\.(\d+)\.transformer_blocks\.(\d+)$")
 
 
 def sites(model: nn.Module) -> list[Site]:

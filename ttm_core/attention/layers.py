@@ -56,9 +56,11 @@ class MaskedSelfAttentionLayer(nn.Module):
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
 
-    def forward(self, x: torch.Tensor, plan: Partition, rope: Rope | None = None, backend: str = "auto") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plan: Partition, rope: Rope | None = None,
+                backend: str = "auto") -> torch.Tensor:
         """x: ``[B, N, C]`` (normalised block input); plan: ``self_groups`` over N. Returns ``[B, N, C]``."""
-        q, k, v = (rearrange(proj(x), "b n (h d) -> b h n d", h=self.heads) for proj in (self.to_q, self.to_k, self.to_v))
+        q, k, v = (rearrange(proj(x), "b n (h d) -> b h n d", h=self.heads)
+                   for proj in (self.to_q, self.to_k, self.to_v))
         q, k = self.norm_q(q), self.norm_k(k)
         if rope is not None:
             q, k = rope(q), rope(k)

@@ -265,14 +265,12 @@ def joint_partition(text_len: int, video_groups: torch.Tensor | None, video_in_b
         video_in_box: bool ``[N, L]`` or None.
         key_owner: int64 ``[M]`` (1-based object per local key), needed with ``video_in_box``.
     """
-    num_video = video_groups.numel() if video_groups is not None else \
-        (video_in_box.shape[0] if video_in_box is not None else None)
-    if num_video is None:
+    if video_groups is None and video_in_box is None:
         raise ValueError("give video_groups or video_in_box")
-    local = key_owner.to(torch.int64).flatten().cpu() if (video_in_box is not None and key_owner is not None) else \
-        torch.zeros(0, dtype=torch.int64)
     if video_in_box is not None and key_owner is None:
         raise ValueError("video_in_box needs key_owner")
+    num_video = video_groups.numel() if video_groups is not None else video_in_box.shape[0]
+    local = key_owner.to(torch.int64).flatten().cpu() if video_in_box is not None else torch.zeros(0, dtype=torch.int64)
     num_local = local.numel()
     num_objects = video_in_box.shape[1] if video_in_box is not None else 0
     span = 2 ** num_objects
@@ -280,7 +278,8 @@ def joint_partition(text_len: int, video_groups: torch.Tensor | None, video_in_b
     all_video = torch.arange(text_len, text_len + num_video, dtype=torch.int64)
     groups = video_groups.to(torch.int64).flatten().cpu() if video_groups is not None else \
         torch.zeros(num_video, dtype=torch.int64)
-    patterns = box_patterns(video_in_box.cpu()) if video_in_box is not None else torch.zeros(num_video, dtype=torch.int64)
+    patterns = box_patterns(video_in_box.cpu()) if video_in_box is not None else \
+        torch.zeros(num_video, dtype=torch.int64)
     # class 0: text rows; video rows: 1 + group * span + box pattern
     classes = torch.cat([torch.zeros(text_len, dtype=torch.int64), 1 + groups * span + patterns])
     owner_bit = torch.where(local > 0, 2 ** (local - 1).clamp(min=0), 0)

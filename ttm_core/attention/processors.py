@@ -54,6 +54,11 @@ def _blend(stock: torch.Tensor | None, masked: torch.Tensor, strength: float) ->
     return torch.lerp(stock, masked, strength)
 
 
+def _none(rows: torch.Tensor | None) -> bool:
+    """True when ``cross_rows`` selects no batch row at all (the call is then plain stock cross-attention)."""
+    return rows is not None and rows.numel() == 0
+
+
 def _delegate_note(name: str, why: str) -> None:
     if name not in _UNSUPPORTED_LOGGED:
         _UNSUPPORTED_LOGGED.add(name)
@@ -141,7 +146,7 @@ class WanSelfProcessor(_MaskedProcessor):
             return stock + strength * extra.to(stock.dtype)
         query, key, value = _wan_projections(attn, hidden_states)
         query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+        query, key, value = (rearrange(t, "b n (h d) -> b n h d", h=attn.heads) for t in (query, key, value))
         if rotary_emb is not None:
             query, key = _wan_rope(query, rotary_emb), _wan_rope(key, rotary_emb)
         q, k, v = (rearrange(t, "b n h d -> b h n d") for t in (query, key, value))
@@ -157,11 +162,11 @@ class WanCrossProcessor(_MaskedProcessor):
                  attention_mask: torch.Tensor | None = None,
                  rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         strength = self.state.cross_strength
-        if strength == 0.0 or attention_mask is not None or encoder_hidden_states is None:
+        batch, num_tokens = hidden_states.shape[:2]
+        rows = self.state.cross_row_index(batch, hidden_states.device) if strength else None
+        if strength == 0.0 or attention_mask is not None or encoder_hidden_states is None or _none(rows):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         self.state.calls[self.name] += 1
-        batch, num_tokens = hidden_states.shape[:2]
-        rows = self.state.cross_row_index(batch, hidden_states.device)
         if self.new_layers:
             stock = self.original(attn, hidden_states, encoder_hidden_states, None, rotary_emb)
             layer = self.layers.masked_cross
@@ -257,14 +262,19 @@ class CogVideoXJointProcessor(_MaskedProcessor):
         text_len = encoder_hidden_states.shape[1]
         batch, num_video = hidden_states.shape[:2]
         rows = self.state.cross_row_index(batch, hidden_states.device) if b else None
+        if _none(rows):  # no batch row takes the local prompts: masked self only
+            b, rows = 0.0, None
+            if a == 0.0:
+                return self.original(attn, hidden_states, encoder_hidden_states, None, image_rotary_emb)
         if self.new_layers:
             video, text = self.original(attn, hidden_states, encoder_hidden_states, None, image_rotary_emb)
             extra = torch.zeros_like(video)
             if a:
                 layer = self.layers.masked_self
                 rope = (lambda t: _cog_rope(t, image_rotary_emb)) if image_rotary_emb is not None else None
-                extra = extra + a * layer(self._layer_input(layer, hidden_states), self.state.video_self_plan(num_video),
-                                          rope, self.state.backend).to(video.dtype)
+                plan = self.state.video_self_plan(num_video)
+                extra = extra + a * layer(self._layer_input(layer, hidden_states), plan, rope,
+                                          self.state.backend).to(video.dtype)
             if b:
                 layer = self.layers.masked_cross
                 x = self._layer_input(layer, hidden_states)
@@ -276,7 +286,8 @@ class CogVideoXJointProcessor(_MaskedProcessor):
             return video + extra, text
 
         joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-        q, k, v = (rearrange(proj(joint), "b n (h d) -> b h n d", h=attn.heads) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        q, k, v = (rearrange(proj(joint), "b n (h d) -> b h n d", h=attn.heads)
+                   for proj in (attn.to_q, attn.to_k, attn.to_v))
         if attn.norm_q is not None:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
@@ -387,14 +398,16 @@ class UNetCrossProcessor(_MaskedProcessor):
                  *args: Any, **kwargs: Any) -> torch.Tensor:
         strength = self.state.cross_strength
         why = _unet_supported(attn, hidden_states) if strength else None
-        if strength == 0.0 or why or encoder_hidden_states is None or attention_mask is not None:
+        rows = None
+        if strength and not why:
+            rows = self.state.cross_row_index(_unet_frames(self.state, hidden_states)[0], hidden_states.device)
+        if strength == 0.0 or why or encoder_hidden_states is None or attention_mask is not None or _none(rows):
             if why:
                 _delegate_note(self.name, why)
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         self.state.calls[self.name] += 1
         batch, frames = _unet_frames(self.state, hidden_states)
         tokens = hidden_states.shape[1]
-        rows = self.state.cross_row_index(batch, hidden_states.device)
         if self.new_layers:
             stock = self.original(attn, hidden_states, encoder_hidden_states, None, temb, *args, **kwargs)
             layer = self.layers.masked_cross
