@@ -279,3 +279,21 @@ def test_unet_sequence_is_row_major_within_a_frame() -> None:
     image, tokens = seen["in"], seen["tokens"]
     bf, c, h, w = image.shape
     assert torch.allclose(tokens, image.permute(0, 2, 3, 1).reshape(bf, h * w, c), atol=1e-6)
+
+
+def test_counting_equals_area_pooling_and_odd_label_sizes_still_map() -> None:
+    gen = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 4, (9, 48, 64), generator=gen).to(torch.uint8)  # 3 labels + background
+    labels[labels == 3] = 7  # an id the object list does not know: counted as background
+    grid = token_grid_from_labels(labels, (1, 2), WAN21_I2V, 9, 48, 64)
+    for t, frames in enumerate(WAN21_I2V.token_frame_sources(9)):
+        picked = labels[frames]
+        for c, value in enumerate((0, 1, 2)):
+            share = ((picked == value) | ((picked == 7) & (value == 0))).to(torch.float32).mean(dim=0)
+            pooled = torch.nn.functional.adaptive_avg_pool2d(share[None], grid.shape[1:])[0]
+            assert torch.allclose(grid.fractions[c, t], pooled, atol=1e-6)
+    # labels at a size that is no multiple of the token grid go through area pooling
+    odd = labels[:, :47, :61]
+    odd_grid = token_grid_from_labels(odd, (1, 2), WAN21_I2V, 9, 48, 64)
+    assert odd_grid.shape == grid.shape
+    assert torch.allclose(odd_grid.fractions.sum(dim=0), torch.ones(grid.shape), atol=1e-5)
