@@ -130,3 +130,12 @@ def test_stock_graph_runs_and_depends_on_the_seed_only(name: str, native_wan_cli
         assert difference[1:].min() > 1.0, f"{name}: seeds 42 and 7 give (nearly) the same frames: {difference}"
     else:
         assert difference.min() > 1.0, f"{name}: seeds 42 and 7 give (nearly) the same frames: {difference}"
+
+
+def test_a_length_off_the_1_plus_4k_grid_is_rounded_down(native_wan_client: ComfyClient) -> None:
+    """WanImageToVideo makes ((length - 1) // 4) + 1 latent frames; the VAE decodes 4T - 3."""
+    graph = load_graph("native_wan22_a14b_i2v_api.json")
+    latent_node = next(node for node in graph.values() if node["class_type"] == "WanImageToVideo")
+    latent_node["inputs"]["length"] = 12
+    frames = webp_frames(native_wan_client, run_timed(native_wan_client, graph))
+    assert frames.shape == (9, 64, 64, 3)
