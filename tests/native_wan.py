@@ -258,9 +258,9 @@ def build_cached(keys: Iterable[str], install: Any = None) -> dict[str, Path]:
 
 
 def _place(source: Path, target: Path) -> None:
-    if target.exists():
-        if target.samefile(source):
-            return
+    if target.exists() and target.samefile(source):
+        return
+    if target.is_symlink() or target.exists():  # an older build, or a link left dangling
         target.unlink()
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
