@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .motion_nodes import ImageToMotion
 from .object_nodes import ObjectsFromMasks
+from .patch_nodes import PatchModel
 from .prompt_nodes import PromptDecompose
 from .video_nodes import MaskedMotionToVideo, VideoCombine
 
@@ -14,6 +15,7 @@ NODES: list[type[io.ComfyNode]] = [
     ObjectsFromMasks,
     ImageToMotion,
     MaskedMotionToVideo,
+    PatchModel,
     VideoCombine,
 ]
 
