@@ -51,6 +51,7 @@ class Setup:
         self.torch, self.comfy_nodes, self.native_wan, self.guidance = torch, comfy_nodes, native_wan, guidance
         self.model_management = comfy.model_management
         self.model = comfy.sd.load_diffusion_model(files["wan21_i2v"])
+        self.ti2v = comfy.sd.load_diffusion_model(files["wan22_ti2v"])
         self.clip = comfy.sd.load_clip([files["clip_l"]], clip_type=comfy.sd.CLIPType.SD3)
         self.vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(files["wan21_vae"]))
         examples = Path(pack_dir) / "examples"
@@ -105,21 +106,22 @@ def check_strength_zero_is_stock(s: Setup) -> dict:
             s.model.model_options.get("transformer_options", {})}
 
 
-def check_isolation(s: Setup) -> dict:
+def isolation(s: Setup, model_patcher: Any, channels: int, latent_shape: tuple[int, int, int]) -> dict:
+    """Perturb object 2's latent cells; return how much object 1's self-attention output moves per block."""
     torch = s.torch
-    patched, state = s.patch(s.settings(num_blocks=2))
+    patched, _, state = s.native_wan.patch_wan(model_patcher, s.clip, s.trajectory, s.settings(num_blocks=2))
     s.model_management.load_models_gpu([patched])
     model = patched.model.diffusion_model
-    latent = s.latent["samples"]
-    frames, height, width = latent.shape[2:]
+    frames, height, width = latent_shape
     grid = state.grid_for(frames, height, width)
     ids = grid.ids
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 36, frames, height, width, generator=generator)
+    x = torch.randn(1, channels, frames, height, width, generator=generator)
     cells = ids.view(frames, height // 2, width // 2) == 2
     mask = cells.repeat_interleave(2, 1).repeat_interleave(2, 2)  # token cells -> latent cells
     perturbed = x.clone()
-    perturbed[:, :16, mask] += torch.randn(1, 16, int(mask.sum()), generator=generator)
+    noise_channels = 16 if channels == 36 else channels  # Wan 2.1 I2V: 16 noisy + 20 concat channels
+    perturbed[:, :noise_channels, mask] += torch.randn(1, noise_channels, int(mask.sum()), generator=generator)
     context = s.positive[0][0]
     outputs: dict[int, list] = {i: [] for i in range(len(model.blocks))}
     hooks = [block.self_attn.register_forward_hook(lambda _m, _i, out, i=i: outputs[i].append(out.detach().clone()))
@@ -139,6 +141,16 @@ def check_isolation(s: Setup) -> dict:
     return {"object1_change_per_block": per_block, "masked_blocks": state.num_blocks,
             "object2_tokens": int((ids == 2).sum()), "object1_tokens": int(first.sum()),
             "grid_tokens": grid.num_tokens}
+
+
+def check_isolation(s: Setup) -> dict:
+    """Wan 2.1 I2V, 16 px per token, on the sampler's latent size."""
+    return isolation(s, s.model, 36, tuple(s.latent["samples"].shape[2:]))
+
+
+def check_isolation_ti2v(s: Setup) -> dict:
+    """Wan 2.2 TI2V-5B, 48 channels, 32 px per token: a 512x384 video, 9 frames."""
+    return isolation(s, s.ti2v, 48, (3, 24, 32))
 
 
 def check_dual_clock(s: Setup) -> dict:

@@ -13,7 +13,7 @@ from native_wan import build_cached
 from tools.comfy_harness import ComfyInstall
 
 pytestmark = pytest.mark.server
-KEYS = ("wan21_i2v", "clip_l", "wan21_vae")
+KEYS = ("wan21_i2v", "wan22_ti2v", "clip_l", "wan21_vae")
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,9 @@ def test_strength_zero_is_exactly_the_unpatched_model(checks: dict) -> None:
     assert r["input_model_untouched"]
 
 
-def test_masked_blocks_isolate_objects(checks: dict) -> None:
-    r = result(checks, "isolation")
+@pytest.mark.parametrize("check", ["isolation", "isolation_ti2v"])
+def test_masked_blocks_isolate_objects(checks: dict, check: str) -> None:
+    r = result(checks, check)
     assert r["object1_tokens"] > 0 and r["object2_tokens"] > 0
     change = {int(k): v for k, v in r["object1_change_per_block"].items()}
     for block in range(r["masked_blocks"]):
