@@ -30,6 +30,7 @@ _POSITION_WORDS = {
     "middle": "middle", "center": "middle", "centre": "middle", "central": "middle",
     "top": "top", "upper": "top", "topmost": "top", "bottom": "bottom", "lower": "bottom", "bottommost": "bottom",
 }
+_FILLERS = {"the", "a", "an", "on", "at", "in", "to", "of", "one"}
 Box = tuple[float, float, float, float]
 
 
@@ -92,14 +93,17 @@ def load_detector(folder: Path, device: torch.device | str = "cpu") -> Detector:
 def split_position(name: str) -> tuple[str, str | None]:
     """``"left dog"`` -> (``"dog"``, ``"left"``); names without a position word keep their text.
 
-    Only the first position word counts; the query is the name without it (at least one word).
+    Only the first position word counts; the query is the name without it and without the
+    articles and prepositions around it ("the dog on the right" -> "dog").
     """
     words = name.split()
     for i, word in enumerate(words):
         key = re.sub(r"[^a-z]", "", word.casefold())
         if key in _POSITION_WORDS and len(words) > 1:
             rest = words[:i] + words[i + 1:]
-            if rest and rest[0].casefold() in ("the", "a", "an") and len(rest) > 1:
+            while len(rest) > 1 and rest[-1].casefold() in _FILLERS:
+                rest = rest[:-1]
+            while len(rest) > 1 and rest[0].casefold() in _FILLERS:
                 rest = rest[1:]
             return " ".join(rest), _POSITION_WORDS[key]
     return name, None

@@ -462,6 +462,26 @@ def _require_objects(prompts: Prompts) -> None:
                             "add one 'name: local prompt' line per movable object in Prompt Decompose")
 
 
+def choose_distinct(candidates: list[tuple[float, torch.Tensor, torch.Tensor]], count: int,
+                    overlap: float = 0.3) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
+    """The ``count`` largest distinct candidates, ordered left to right by mask centre.
+
+    Args:
+        candidates: (score, logits ``[h, w]``, bool mask ``[h, w]``) per candidate mask.
+        overlap: a candidate is distinct when it shares at most this fraction of its own area
+            with every bigger chosen mask.
+    Returns fewer than ``count`` when there are not enough distinct masks.
+    """
+    chosen: list[tuple[float, torch.Tensor, torch.Tensor]] = []
+    for candidate in sorted(candidates, key=lambda c: int(c[2].sum()), reverse=True):
+        area = int(candidate[2].sum())
+        if area and all(int((candidate[2] & other[2]).sum()) <= overlap * area for other in chosen):
+            chosen.append(candidate)
+        if len(chosen) == count:
+            break
+    return sorted(chosen, key=lambda c: float(torch.nonzero(c[2], as_tuple=True)[1].float().mean()))
+
+
 def segment_automatic(model: Sam2Model, image: torch.Tensor, prompts: Prompts, points_per_side: int = 16,
                       score_threshold: float = 0.7, max_area: float = 0.5, device: torch.device | str = "cpu",
                       dtype: torch.dtype = torch.float32, progress: Progress | None = None) -> Segmentation:
@@ -505,24 +525,11 @@ def segment_automatic(model: Sam2Model, image: torch.Tensor, prompts: Prompts, p
                         candidates.append((score, best, binary))
             if progress:
                 progress(done, len(chunks))
-    candidates.sort(key=lambda c: int(c[2].sum()), reverse=True)
-    chosen: list[tuple[float, torch.Tensor, torch.Tensor]] = []
-    for candidate in candidates:
-        binary = candidate[2]
-        area = int(binary.sum())
-        if all(int((binary & other[2]).sum()) <= 0.3 * area for other in chosen):
-            chosen.append(candidate)
-        if len(chosen) == len(prompts.objects):
-            break
+    chosen = choose_distinct(candidates, len(prompts.objects))
     if len(chosen) < len(prompts.objects):
         raise TTMInputError("auto_score_threshold", f"found {len(chosen)} distinct masks for "
                             f"{len(prompts.objects)} objects ({', '.join(prompts.names)})",
                             "lower auto_score_threshold, raise auto_points_per_side, or use points, boxes or text")
-
-    def centre_x(c: tuple[float, torch.Tensor, torch.Tensor]) -> float:
-        return float(torch.nonzero(c[2], as_tuple=True)[1].float().mean())
-
-    chosen.sort(key=centre_x)
     logits = [c[1] for c in chosen]
     if scale < 1.0:
         logits = list(F.interpolate(torch.stack(logits)[None], size=(height, width), mode="bilinear",
