@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
 
+from _fake_openai import FakeOpenAI, Reply, chat_completion
 from _tiny_models import TinyModels
 from ttm_core.errors import TTMInputError
 from ttm_core.llm import FEW_SHOT, HttpLLM, JsonAnswerGrammar, build_messages, decompose, load_local_llm
@@ -171,63 +169,10 @@ def test_local_model_errors(tmp_path: Path, tiny_models: TinyModels) -> None:
 
 # --------------------------------------------------------------------------- HTTP backend
 
-@dataclass
-class Reply:
-    status: int = 200
-    body: str = ""
-    delay: float = 0.0
-
-
-@dataclass
-class FakeOpenAI:
-    """A loopback HTTP server speaking OpenAI chat completions; replies are queued per test."""
-
-    replies: list[Reply] = field(default_factory=list)
-    requests: list[dict] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-
-def chat_completion(content: str) -> str:
-    return json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
-                       "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                    "finish_reason": "stop"}]})
-
-
 @pytest.fixture()
 def fake_openai() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            length = int(self.headers.get("Content-Length", 0))
-            body = self.rfile.read(length).decode()
-            fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
-            reply = fake.replies.pop(0) if fake.replies else Reply(500, "no reply queued")
-            time.sleep(reply.delay)
-            try:
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply.body.encode())))
-                self.end_headers()
-                self.wfile.write(reply.body.encode())
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    fake.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with FakeOpenAI.running() as fake:
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
 
 
 def test_http_backend_decomposes_with_a_realistic_answer(fake_openai: FakeOpenAI, monkeypatch) -> None:
