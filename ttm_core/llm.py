@@ -348,6 +348,8 @@ class LocalLLM:
         step_input = ids
         with torch.inference_mode():
             for step in range(max_new_tokens):
+                if grammar is not None and grammar.done:
+                    break  # the JSON is complete: no need to ask for an end token
                 out = self.model(input_ids=step_input, use_cache=True, **{cache_name: past})
                 past = getattr(out, cache_name)
                 logits = out.logits[0, -1].float().cpu()
@@ -355,7 +357,7 @@ class LocalLLM:
                     allowed = grammar.allowed()
                     logits = logits[: allowed.shape[0]].masked_fill(~allowed[: logits.shape[0]], float("-inf"))
                 token = _pick(logits, temperature, generator)
-                if token in eos and (grammar is None or grammar.done):
+                if grammar is None and token in eos:
                     break
                 generated.append(token)
                 if grammar is not None:
