@@ -57,7 +57,8 @@ class SAM2Loader(io.ComfyNode):
             if check is not True:
                 return check
         if isinstance(model, str) and model.endswith((".pt", ".pth", ".safetensors")) and not sam2_available():
-            return f"model: {model} is a Meta checkpoint but the sam2 package is not installed. Fix: {SAM2_INSTALL_HINT}"
+            return (f"model: {model} is a Meta checkpoint but the sam2 package is not installed. "
+                    f"Fix: {SAM2_INSTALL_HINT}")
         return True
 
     @classmethod

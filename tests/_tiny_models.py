@@ -72,7 +72,8 @@ def make_meta_sam2(path: Path, seed: int = 0, image_size: int | None = None) -> 
     cfg = tiny_meta_sam2_config()
     if image_size is not None:
         cfg.model.image_size = image_size
-        for attention in (cfg.model.memory_attention.layer.self_attention, cfg.model.memory_attention.layer.cross_attention):
+        layer = cfg.model.memory_attention.layer
+        for attention in (layer.self_attention, layer.cross_attention):
             attention.feat_sizes = [image_size // 16, image_size // 16]
         path.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, path.with_suffix(".yaml"))
@@ -134,8 +135,8 @@ def make_grounding_dino(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     words = ["coin", "coins", "dog", "cat", "ball", "left", "right", "middle", "bird", "car", "person", "a", "the"]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *words, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"],
-             *"abcdefghijklmnopqrstuvwxyz"]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *words, *[f"##{c}" for c in letters], *letters]
     (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64)
     backbone = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=128,

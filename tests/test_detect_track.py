@@ -57,7 +57,8 @@ def test_automatic_selection_takes_the_largest_distinct_masks_left_to_right() ->
         mask[y0:y1, x0:x1] = True
         return 0.9, mask.float() * 2 - 1, mask
 
-    big_right, small_left, inside_big, tiny = candidate(20, 40), candidate(0, 8), candidate(25, 35), candidate(0, 2, 15, 17)
+    big_right, small_left = candidate(20, 40), candidate(0, 8)
+    inside_big, tiny = candidate(25, 35), candidate(0, 2, 15, 17)
     chosen = choose_distinct([tiny, inside_big, small_left, big_right], 2)
     assert [c[2].nonzero()[:, 1].min().item() for c in chosen] == [0, 20]  # small_left then big_right
     assert chosen[1] is big_right and chosen[0] is small_left  # inside_big overlaps big_right: not distinct

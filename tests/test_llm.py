@@ -198,11 +198,13 @@ def test_http_structured_output_and_no_key(fake_openai: FakeOpenAI) -> None:
     request = fake_openai.requests[0]
     assert "Authorization" not in request["headers"]
     schema = request["body"]["response_format"]
-    assert schema["type"] == "json_schema" and schema["json_schema"]["schema"]["required"] == ["motion_prompt", "objects"]
+    assert schema["type"] == "json_schema"
+    assert schema["json_schema"]["schema"]["required"] == ["motion_prompt", "objects"]
 
 
 def test_http_retries_server_errors_then_succeeds(fake_openai: FakeOpenAI) -> None:
-    fake_openai.replies = [Reply(500, '{"error": "overloaded"}'), Reply(503, "busy"), Reply(body=chat_completion(GOOD_ANSWER))]
+    fake_openai.replies = [Reply(500, '{"error": "overloaded"}'), Reply(503, "busy"),
+                           Reply(body=chat_completion(GOOD_ANSWER))]
     result = decompose(HttpLLM(fake_openai.url, "m", retries=2, timeout=10), CAPTION)
     assert result.prompts.names == ("left coin", "big coin") and len(fake_openai.requests) == 3
 

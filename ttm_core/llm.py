@@ -31,7 +31,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,9 +320,11 @@ class LocalLLM:
     def render(self, messages: Sequence[Message]) -> str:
         """The prompt text the chat template makes (system folded into the first user turn when
         the template has no system role)."""
+        from jinja2 import TemplateError
+
         try:
             return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        except Exception as err:  # noqa: BLE001 - jinja raises TemplateError (or anything) for a system turn
+        except (TemplateError, ValueError) as err:  # e.g. Gemma's template: "System role not supported"
             if messages and messages[0]["role"] == "system":
                 merged = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]},
                           *messages[2:]]
@@ -576,12 +578,3 @@ def decompose(llm: LocalLLM | HttpLLM, caption: str, *, seed: int = 0, temperatu
     raise TTMInputError("llm", f"no usable answer in {attempts} attempt(s): {problem}{quoted}",
                         "use a larger instruction-tuned model, raise max_new_tokens, turn constrained decoding "
                         "on (local) or json_schema on (HTTP), or paste a corrected answer with the llm_answer backend")
-
-
-def describe(llm: LocalLLM | HttpLLM) -> str:
-    return f"local {llm.name}" if isinstance(llm, LocalLLM) else f"{llm.model} at {llm.base_url}"
-
-
-def messages_text(messages: Sequence[Mapping[str, str]]) -> str:
-    """Messages as plain text (for logs)."""
-    return "\n".join(f"[{m['role']}] {m['content']}" for m in messages)

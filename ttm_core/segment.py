@@ -163,7 +163,8 @@ def _point_list(value: object, what: str, units: _Units) -> list[Point]:
                                        and all(isinstance(v, (int, float)) for v in value)):
         value = [value]
     if not isinstance(value, list):
-        raise TTMInputError(units.input_name, f"{what} is {value!r}", "give points as [[x, y], ...] or [{\"x\":, \"y\":}]")
+        raise TTMInputError(units.input_name, f"{what} is {value!r}",
+                            "give points as [[x, y], ...] or [{\"x\": .., \"y\": ..}]")
     points = []
     for i, item in enumerate(value, start=1):
         if isinstance(item, Mapping) and "x" in item and "y" in item:
@@ -358,7 +359,8 @@ class _HFImage:
             self.embeddings = self.model.get_image_embeddings(pixels)
 
     def _run(self, inputs: Mapping[str, torch.Tensor], multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        prompt = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_points", "input_labels", "input_boxes")}
+        keys = ("input_points", "input_labels", "input_boxes")
+        prompt = {k: v.to(self.device) for k, v in inputs.items() if k in keys}
         with torch.inference_mode():
             out = self.model(image_embeddings=self.embeddings, multimask_output=multimask, **prompt)
         logits = self.processor.post_process_masks(out.pred_masks.float().cpu(), self.original_sizes,
@@ -508,7 +510,7 @@ def segment_automatic(model: Sam2Model, image: torch.Tensor, prompts: Prompts, p
                                         antialias=True, align_corners=False), "1 c h w -> h w c")
     sh, sw = small.shape[:2]
     steps = (torch.arange(points_per_side, dtype=torch.float32) + 0.5) / points_per_side
-    grid = torch.stack(torch.meshgrid(steps * sw, steps * sh, indexing="xy"), dim=-1).reshape(-1, 2)
+    grid = rearrange(torch.stack(torch.meshgrid(steps * sw, steps * sh, indexing="xy"), dim=-1), "h w xy -> (h w) xy")
     candidates: list[tuple[float, torch.Tensor, torch.Tensor]] = []
     chunk = 16
     with torch.inference_mode(), autocast(device, dtype):
@@ -532,8 +534,9 @@ def segment_automatic(model: Sam2Model, image: torch.Tensor, prompts: Prompts, p
                             "lower auto_score_threshold, raise auto_points_per_side, or use points, boxes or text")
     logits = [c[1] for c in chosen]
     if scale < 1.0:
-        logits = list(F.interpolate(torch.stack(logits)[None], size=(height, width), mode="bilinear",
-                                    align_corners=False)[0])
+        upsampled = F.interpolate(rearrange(torch.stack(logits), "l h w -> 1 l h w"), size=(height, width),
+                                  mode="bilinear", align_corners=False)
+        logits = list(rearrange(upsampled, "1 l h w -> l h w"))
     return _finish(prompts, logits, [c[0] for c in chosen])
 
 
