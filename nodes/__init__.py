@@ -8,6 +8,7 @@ from ._models import register_model_folders
 from .llm_nodes import LLMEndpoint, LLMLoader
 from .motion_nodes import ImageToMotion
 from .object_nodes import ObjectsFromMasks
+from .patch_nodes import PatchModel
 from .prompt_nodes import PromptDecompose
 from .segment_nodes import DetectorLoader, SAM2Loader, SAM2Segment
 from .video_nodes import MaskedMotionToVideo, VideoCombine
@@ -17,6 +18,7 @@ NODES: list[type[io.ComfyNode]] = [
     ObjectsFromMasks,
     ImageToMotion,
     MaskedMotionToVideo,
+    PatchModel,
     VideoCombine,
     # segmentation and LLM prompt decomposition (issue 5)
     SAM2Loader,

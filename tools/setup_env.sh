@@ -52,9 +52,12 @@ if [ -z "${TTM_COMFYUI_DIR:-}" ] && { [ ! -f "$stamp" ] || [ requirements-comfyu
 fi
 
 stamp="$venv/.ttm-project"
-if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ]; then
-  log "installing the pack's requirements and the test tools"
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] \
+   || [ pyproject.toml -nt "$stamp" ]; then
+  log "installing the pack's requirements, the test tools and the ttm-batch command"
   "${pip[@]}" -r requirements.txt -r requirements-dev.txt
+  # Editable, so .venv/bin/ttm-batch runs this checkout's ttm_core.
+  "${pip[@]}" --no-deps -e .
   touch "$stamp"
 fi
 stamp="$venv/.ttm-sam2"

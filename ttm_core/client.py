@@ -28,6 +28,10 @@ class ComfyError(RuntimeError):
         self.details = details
 
 
+class ComfyUnreachable(ComfyError):
+    """The server did not answer (connection refused or reset, timeout, websocket closed)."""
+
+
 @dataclass(frozen=True)
 class OutputFile:
     """A file a node reported in its UI output (``/history``)."""
@@ -85,7 +89,7 @@ class ComfyClient:
                 details = text
             raise ComfyError(f"{method} {path} -> HTTP {err.code}: {_describe(details)}", details) from None
         except (urllib.error.URLError, OSError) as err:
-            raise ComfyError(f"cannot reach ComfyUI at {self.base_url} ({err}); is the server running?") from None
+            raise ComfyUnreachable(f"cannot reach ComfyUI at {self.base_url} ({err}); is the server running?") from None
         return json.loads(payload) if payload else None
 
     def object_info(self) -> dict[str, Any]:
@@ -132,8 +136,10 @@ class ComfyClient:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.read()
+        except urllib.error.HTTPError as err:
+            raise ComfyError(f"cannot fetch {file.filename} from {self.base_url}: HTTP {err.code}") from None
         except (urllib.error.URLError, OSError) as err:
-            raise ComfyError(f"cannot fetch {file.filename} from {self.base_url}: {err}") from None
+            raise ComfyUnreachable(f"cannot fetch {file.filename} from {self.base_url}: {err}") from None
 
     def upload_image(self, data: bytes, name: str, subfolder: str = "", overwrite: bool = True) -> str:
         """Upload an image into the server's input folder (/upload/image); returns its input name."""
@@ -151,11 +157,63 @@ class ComfyClient:
         except urllib.error.HTTPError as err:
             raise ComfyError(f"upload of {name} refused: HTTP {err.code} {err.read()[:200]!r}") from None
         except (urllib.error.URLError, OSError) as err:
-            raise ComfyError(f"cannot reach ComfyUI at {self.base_url} ({err})") from None
+            raise ComfyUnreachable(f"cannot reach ComfyUI at {self.base_url} ({err})") from None
         return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
 
-    def interrupt(self) -> None:
-        self._request("POST", "/interrupt", {})
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        """Interrupt the running prompt (only if it is ``prompt_id``, when given)."""
+        self._request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
+
+    def delete_queued(self, prompt_ids: list[str]) -> None:
+        """Remove prompts that are still waiting in the server's queue."""
+        self._request("POST", "/queue", {"delete": list(prompt_ids)})
+
+    def socket(self, timeout: float = 1.0) -> ProgressSocket:
+        """The websocket on which the server reports this client's prompts."""
+        return ProgressSocket(self.base_url, self.client_id, timeout)
+
+
+class ProgressSocket:
+    """ComfyUI's /ws websocket for one client id: status, progress and execution messages.
+
+    Use as a context manager; ``receive()`` returns one decoded message, or None when
+    nothing arrived within the timeout (so callers can check for cancellation).
+    """
+
+    def __init__(self, base_url: str, client_id: str, timeout: float = 1.0) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        scheme = "wss" if parsed.scheme == "https" else "ws"
+        self.url = f"{scheme}://{parsed.netloc}{parsed.path}/ws?clientId={urllib.parse.quote(client_id)}"
+        self.timeout = timeout
+        self._connection = None
+
+    def __enter__(self) -> ProgressSocket:
+        import websocket  # websocket-client; imported here so the rest of the client needs only the stdlib
+
+        try:
+            self._connection = websocket.create_connection(self.url, timeout=max(self.timeout, 5.0))
+        except (OSError, websocket.WebSocketException) as err:
+            raise ComfyUnreachable(f"cannot open the websocket {self.url} ({err})") from None
+        self._connection.settimeout(self.timeout)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def receive(self) -> dict[str, Any] | None:
+        import websocket
+
+        try:
+            message = self._connection.recv()
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (OSError, websocket.WebSocketException) as err:
+            raise ComfyUnreachable(f"the websocket {self.url} closed ({err})") from None
+        if isinstance(message, bytes):  # binary frames carry preview images
+            return {"type": "binary"}
+        return json.loads(message)
 
 
 def _describe(details: Any) -> str:

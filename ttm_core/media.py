@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,9 +25,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from .errors import TTMInputError
+from .types import ProgressFn
 
 LOG = logging.getLogger(__name__)
-ProgressFn = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,14 @@ and the label video is painted back to front, so the front-most object owns shar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .errors import TTMInputError
 from .paths import ObjectPath, pose_affines, sample_path
-from .types import Objects, Trajectory
-
-ProgressFn = Callable[[int, int], None]
-"""progress(done, total); may raise to cancel (ComfyUI's interrupt does)."""
+from .types import Objects, ProgressFn, Trajectory
 
 _IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
 

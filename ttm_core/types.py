@@ -16,11 +16,16 @@ Vocabulary (Through-The-Mask, Yariv et al. 2025, Sec. 3):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from .errors import TTMInputError
+
+ProgressFn = Callable[[int, int], None]
+"""progress(done, total), called after each unit of work (frame, step). It may raise to cancel
+(ComfyUI's interrupt does); ttm_core functions clean up in ``finally`` blocks."""
 
 MAX_OBJECTS = 8
 """Most objects one shot can carry.

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .errors import TTMInputError
-from .motion import ProgressFn, is_identity, mask_centroids, warp
+from .motion import is_identity, mask_centroids, warp
 from .paths import pose_affines
-from .types import Trajectory
+from .types import ProgressFn, Trajectory
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -1,0 +1,216 @@
+"""ttm-batch against real ComfyUI servers: spread, bad jobs, a server dying, resume after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import pytest
+
+from _support import ROOT, WORKFLOWS, load_workflow
+from tools.comfy_harness import ComfyServer
+from ttm_core.client import ComfyClient
+from ttm_core.jobs import JobError, read_jobs, validate_jobs
+
+pytestmark = pytest.mark.server
+WORKFLOW = WORKFLOWS / "ttm_warp_paths_api.json"
+EXAMPLES = ROOT / "examples"
+
+
+def start_servers(base: Path, count: int) -> list[ComfyServer]:
+    servers = [ComfyServer(base / f"server{i}") for i in range(count)]
+    threads = [threading.Thread(target=s.start) for s in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(s.alive() for s in servers), [s.log_tail() for s in servers]
+    return servers
+
+
+@pytest.fixture(scope="module")
+def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ComfyServer]]:
+    servers = start_servers(tmp_path_factory.mktemp("batch"), 2)
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def job(i: int, frames: int = 9, **extra: object) -> dict:
+    """A model-free job: the coins, the left coin sent to a different place each time."""
+    return {"id": f"shot-{i:02d}", "image": str(EXAMPLES / "ttm_coins.png"),
+            "masks": [str(EXAMPLES / "ttm_coins_mask_left.png"), str(EXAMPLES / "ttm_coins_mask_right.png")],
+            "prompt": f"Two coins slide, take {i}.",
+            "paths": {"version": 1, "units": "pixels",
+                      "objects": {"left coin": {"keyframes": [{"t": 1.0, "x": 100 + 7 * i, "y": 152}]}}},
+            "overrides": {"Image to Motion.num_frames": frames}} | extra
+
+
+def write_jobs(folder: Path, jobs: list[dict]) -> Path:
+    path = folder / "jobs.jsonl"
+    path.write_text("".join(json.dumps(j) + "\n" for j in jobs))
+    return path
+
+
+def batch_command(servers: list[ComfyServer], jobs: Path, out: Path, *extra: str) -> list[str]:
+    command = [sys.executable, "-m", "ttm_core.batch", "--workflow", str(WORKFLOW), "--jobs", str(jobs),
+               "--out", str(out), "--progress", "off", *extra]
+    for server in servers:
+        command += ["--server", server.url]
+    return command
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def frame_count(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_jobs_are_validated_against_workflow_and_object_info(client: ComfyClient, tmp_path: Path) -> None:
+    jobs = [job(1), job(2, overrides={"Image to Motion.speed": 2}), job(3, image="nope.png"),
+            job(4, overrides={"Image to Motion.num_frames": "many"}), job(5, overrides={"Video Combine.format": "avi"}),
+            job(6, seed=3), job(7, overrides={"No Such Node.x": 1}), job(1),
+            job(8, overrides={"Video Combine": {"format": "webm", "quality": 70}})]
+    raws = read_jobs(write_jobs(tmp_path, jobs))
+    valid, errors = validate_jobs(raws, load_workflow(WORKFLOW.name), client.object_info(), tmp_path)
+    assert [j.id for j in valid] == ["shot-01", "shot-08"]
+    messages = [str(e) for e in errors]
+    assert messages[0].startswith("line 2: TTM_ImageToMotion has no input 'speed' (Image to Motion.speed)")
+    assert "num_frames" in messages[0] and "Fix: use one of:" in messages[0]
+    assert messages[1].startswith("line 3: image 'nope.png' does not exist")
+    assert messages[2].startswith("line 4: Image to Motion.num_frames = 'many' is not an integer")
+    assert messages[3].startswith("line 5: Video Combine.format = 'avi' is not one of its choices")
+    assert messages[4].startswith("line 6: the job sets 'seed' but the workflow has no seed input")
+    assert messages[5].startswith("line 7: no node titled or numbered 'No Such Node'")
+    assert messages[6].startswith("line 8: the id 'shot-01' is used twice")
+    settings = {name: value for (_, name), value in valid[1].settings.items()}
+    assert settings["format"] == "webm" and settings["quality"] == 70
+
+
+def test_csv_jobs(client: ComfyClient, tmp_path: Path) -> None:
+    (tmp_path / "jobs.csv").write_text(
+        "id,image,masks,objects,Image to Motion.num_frames\n"
+        f"a,{EXAMPLES / 'ttm_coins.png'},{EXAMPLES / 'ttm_coins_mask_left.png'};"
+        f"{EXAMPLES / 'ttm_coins_mask_right.png'},left coin: a coin | big coin: a big coin,12\n")
+    valid, errors = validate_jobs(read_jobs(tmp_path / "jobs.csv"), load_workflow(WORKFLOW.name),
+                                  client.object_info(), tmp_path)
+    assert errors == []
+    settings = {name: value for (_, name), value in valid[0].settings.items()}
+    assert settings["objects"] == "left coin: a coin\nbig coin: a big coin"
+    assert settings["num_frames"] == 12
+    with pytest.raises(JobError, match="line 1: not valid JSON"):
+        (tmp_path / "bad.jsonl").write_text("{oops\n")
+        read_jobs(tmp_path / "bad.jsonl")
+
+
+def test_twenty_jobs_over_two_servers(two_servers: list[ComfyServer], tmp_path: Path) -> None:
+    jobs = write_jobs(tmp_path, [job(i) for i in range(20)])
+    out = tmp_path / "out"
+    result = subprocess.run(batch_command(two_servers, jobs, out), cwd=ROOT, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    entries = manifest(out)
+    assert sorted(e["job"] for e in entries) == [f"shot-{i:02d}" for i in range(20)]
+    assert {e["status"] for e in entries} == {"done"}
+    servers = Counter(e["server"] for e in entries)
+    assert set(servers) == {s.url for s in two_servers}, servers
+    for entry in entries:
+        assert entry["prompt_id"] and entry["seconds"] > 0 and entry["attempts"] == 1
+        assert len(entry["files"]) == 1 and entry["files"][0].endswith(".mp4")
+        assert frame_count(out / entry["files"][0]) == 9
+
+
+def test_bad_jobs_are_reported_and_the_rest_complete(two_servers: list[ComfyServer], tmp_path: Path) -> None:
+    failing_paths = {"version": 1, "objects": {"bird": {"keyframes": [{"t": 1, "x": 0.5, "y": 0.5}]}}}
+    jobs = write_jobs(tmp_path, [job(0), job(1, image="missing.png"), job(2, overrides={"Image to Motion.speed": 1}),
+                                 job(3, paths=failing_paths), job(4)])
+    out = tmp_path / "out"
+    result = subprocess.run(batch_command(two_servers, jobs, out, "--retries", "1"), cwd=ROOT, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 1
+    entries = {e["job"]: e for e in manifest(out)}
+    assert entries["shot-00"]["status"] == entries["shot-04"]["status"] == "done"
+    assert "line 2: image 'missing.png' does not exist" in entries["shot-01"]["error"]
+    assert "line 3: TTM_ImageToMotion has no input 'speed'" in entries["shot-02"]["error"]
+    failed = entries["shot-03"]
+    assert failed["status"] == "failed" and failed["attempts"] == 2  # retried once, failed again
+    assert "TTM_ImageToMotion" in failed["error"] and "there is no object 'bird'" in failed["error"]
+    assert not (out / "shot-03").exists() or not any((out / "shot-03").iterdir())
+
+
+def test_a_dying_server_loses_nothing(tmp_path: Path) -> None:
+    survivor, victim = start_servers(tmp_path, 2)
+    try:
+        jobs = write_jobs(tmp_path, [job(i, frames=60) for i in range(12)])
+        out = tmp_path / "out"
+        process = subprocess.Popen(batch_command([survivor, victim], jobs, out), cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        victim_client = ComfyClient(victim.url, timeout=10)
+        running = None
+        deadline = time.monotonic() + 300
+        while running is None and time.monotonic() < deadline:  # kill it while it runs one of our jobs
+            done = len(manifest(out)) if (out / "manifest.jsonl").exists() else 0
+            current = victim_client._request("GET", "/queue")["queue_running"]
+            if current and done >= 2:
+                running = current[0][1]
+            else:
+                time.sleep(0.05)
+        assert running, "the victim never ran a job"
+        os.killpg(victim.process.pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=900)
+        assert process.returncode == 0, stderr[-3000:]
+        assert "stopped answering" in stderr
+        entries = manifest(out)
+        assert Counter(e["job"] for e in entries) == Counter({f"shot-{i:02d}": 1 for i in range(12)})
+        assert {e["status"] for e in entries} == {"done"}
+        assert running not in {e["prompt_id"] for e in entries}  # the killed run was redone elsewhere
+        for entry in entries:
+            files = list((out / entry["job"]).iterdir())
+            assert len(files) == 1 and frame_count(files[0]) == 60
+    finally:
+        survivor.stop()
+        victim.stop()
+
+
+def test_resume_after_ctrl_c_runs_only_unfinished_jobs(two_servers: list[ComfyServer], tmp_path: Path) -> None:
+    server = two_servers[0]
+    jobs = write_jobs(tmp_path, [job(i, frames=30) for i in range(8)])
+    out = tmp_path / "out"
+    process = subprocess.Popen(batch_command([server], jobs, out, "--per-server", "2"), cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (out / "manifest.jsonl").exists() and len(manifest(out)) >= 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    first = manifest(out)
+    done_first = {e["job"] for e in first if e["status"] == "done"}
+    assert 3 <= len(done_first) < 8
+    assert {e["status"] for e in first} <= {"done", "cancelled"}
+    queue = ComfyClient(server.url)._request("GET", "/queue")
+    assert queue["queue_pending"] == []  # our queued prompts were deleted
+
+    result = subprocess.run(batch_command([server], jobs, out, "--resume"), cwd=ROOT, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    second = manifest(out)[len(first):]
+    assert {e["job"] for e in second} == {f"shot-{i:02d}" for i in range(8)} - done_first
+    assert {e["status"] for e in second} == {"done"}
+    assert len({e["run"] for e in second}) == 1 and second[0]["run"] != first[0]["run"]
+    refused = subprocess.run(batch_command([server], jobs, out), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--resume" in refused.stderr

@@ -1,0 +1,446 @@
+"""`ttm-batch`: run many jobs of one API-format workflow on one or more ComfyUI servers.
+
+    ttm-batch --server http://127.0.0.1:8188 [--server URL2 ...] \\
+              --workflow workflows/ttm_warp_paths_api.json --jobs jobs.jsonl --out renders/
+
+Every job ends in the manifest (``DIR/manifest.jsonl``) with its files or its error. Jobs
+are validated against the workflow and the server's /object_info before anything is
+queued; each server runs at most ``--per-server`` jobs at once; a server that stops
+answering has its jobs re-queued on the others; ``--retries`` re-runs jobs that failed;
+``--resume`` skips jobs the manifest already has as done; Ctrl-C interrupts our running
+prompts, deletes our queued ones and flushes the manifest. See ttm_core.jobs for the
+jobs-file format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .client import ComfyClient, ComfyError, ComfyUnreachable, PromptResult
+from .jobs import Job, JobError, apply_job, read_jobs, validate_jobs
+
+LOG = logging.getLogger(__name__)
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass
+class Outcome:
+    """One manifest entry: how a job ended."""
+
+    job: str
+    line: int
+    status: str  # done | failed | cancelled
+    server: str | None = None
+    prompt_id: str | None = None
+    files: list[str] = field(default_factory=list)
+    attempts: int = 0
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    seconds: float | None = None
+    run: str | None = None
+
+
+class Manifest:
+    """Append-only JSONL of outcomes; flushed and fsynced per entry so a crash loses nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def done(self) -> dict[str, dict[str, Any]]:
+        """Latest 'done' entry per job id whose files are all still there."""
+        latest: dict[str, dict[str, Any]] = {}
+        for entry in self.entries():
+            latest[entry["job"]] = entry
+        root = self.path.parent
+        return {job: e for job, e in latest.items()
+                if e["status"] == "done" and all((root / f).is_file() for f in e["files"])}
+
+    def append(self, outcome: Outcome) -> None:
+        with self._lock, self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(asdict(outcome)) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+class _ServerLost(Exception):
+    pass
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _JobFailed(Exception):
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass
+class _Task:
+    job: Job
+    attempt: int = 1
+
+
+@dataclass
+class _Server:
+    url: str
+    alive: bool = True
+    running: dict[str, str] = field(default_factory=dict)  # prompt id -> job id
+
+
+class _Bars:
+    """One tqdm bar overall and one per worker slot (no-ops when disabled)."""
+
+    def __init__(self, total: int, slots: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        if not enabled:
+            return
+        from tqdm import tqdm
+
+        self.overall = tqdm(total=total, desc="jobs", position=0, unit="job", dynamic_ncols=True)
+        self.slots = [tqdm(total=1, desc=f"slot {i + 1}: idle", position=i + 1, leave=False, dynamic_ncols=True,
+                           bar_format="{desc} {bar} {n_fmt}/{total_fmt}") for i in range(slots)]
+
+    def job(self, slot: int, text: str, value: int = 0, total: int = 1) -> None:
+        if self.enabled:
+            with self._lock:
+                bar = self.slots[slot]
+                bar.set_description_str(text, refresh=False)
+                bar.total, bar.n = max(total, 1), value
+                bar.refresh()
+
+    def finished(self) -> None:
+        if self.enabled:
+            with self._lock:
+                self.overall.update(1)
+
+    def close(self) -> None:
+        if self.enabled:
+            for bar in self.slots + [self.overall]:
+                bar.close()
+
+
+class BatchRunner:
+    """Runs validated jobs over servers; see the module docstring for the guarantees."""
+
+    def __init__(self, servers: Sequence[str], workflow: dict[str, Any], jobs: Sequence[Job], out_dir: Path,
+                 per_server: int = 2, retries: int = 0, timeout: float = 3600.0, progress: bool = False) -> None:
+        if per_server < 1:
+            raise ValueError("per_server must be at least 1")
+        self.servers = [_Server(url.rstrip("/")) for url in servers]
+        self.workflow = workflow
+        self.jobs = list(jobs)
+        self.out_dir = out_dir
+        self.per_server = per_server
+        self.retries = retries
+        self.timeout = timeout
+        self.run_token = uuid.uuid4().hex[:8]
+        self.manifest = Manifest(out_dir / MANIFEST)
+        self._tasks: queue.Queue[_Task] = queue.Queue()
+        self._outcomes: dict[str, Outcome] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._bars = _Bars(len(self.jobs), len(self.servers) * per_server, progress)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _record(self, outcome: Outcome) -> None:
+        outcome.run = self.run_token
+        with self._lock:
+            if outcome.job in self._outcomes:  # never twice (a late duplicate is dropped)
+                return
+            self._outcomes[outcome.job] = outcome
+        self.manifest.append(outcome)
+        self._bars.finished()
+        log = LOG.info if outcome.status == "done" else LOG.warning
+        log("%s %s on %s%s", outcome.job, outcome.status, outcome.server or "-",
+            f": {outcome.error}" if outcome.error else f" ({len(outcome.files)} files)")
+
+    def _all_recorded(self) -> bool:
+        with self._lock:
+            return len(self._outcomes) >= len(self.jobs)
+
+    # ------------------------------------------------------------------ one job
+    def _run_task(self, server: _Server, client: ComfyClient, task: _Task, slot: int) -> Outcome:
+        job = task.job
+        started = time.time()
+        self._bars.job(slot, f"{job.id} @ {server.url}: uploading")
+        try:
+            uploaded = {}
+            for _, _, path in job.files:
+                if path not in uploaded:
+                    name = f"ttmb_{self.run_token}_{job.id}_{path.name}"
+                    uploaded[path] = client.upload_image(path.read_bytes(), name)
+            prompt = apply_job(self.workflow, job, uploaded, f"ttm-batch/{self.run_token}/{job.id}_a{task.attempt}")
+            with client.socket(timeout=1.0) as socket:
+                try:
+                    prompt_id = client.queue(prompt)
+                except ComfyUnreachable:
+                    raise
+                except ComfyError as err:  # node_errors / HTTP 400: the job itself is wrong
+                    raise _JobFailed(str(err), retryable=False) from None
+                with self._lock:
+                    server.running[prompt_id] = job.id
+                try:
+                    self._follow(socket, client, prompt_id, job, server, slot, started)
+                finally:
+                    with self._lock:
+                        server.running.pop(prompt_id, None)
+            files = self._collect(client, prompt_id, job)
+        except ComfyUnreachable as err:
+            if self._stop.is_set():
+                raise _Cancelled from None
+            if _answers(server.url):
+                raise _JobFailed(str(err)) from None
+            raise _ServerLost(str(err)) from None
+        finished = time.time()
+        return Outcome(job.id, job.line, "done", server.url, prompt_id, files, task.attempt,
+                       started_at=started, finished_at=finished, seconds=round(finished - started, 3))
+
+    def _follow(self, socket, client: ComfyClient, prompt_id: str, job: Job, server: _Server, slot: int,
+                started: float) -> None:
+        node = ""
+        while True:
+            if self._stop.is_set():
+                raise _Cancelled
+            if time.time() - started > self.timeout:
+                client.interrupt(prompt_id)
+                raise _JobFailed(f"no result within {self.timeout:.0f} s (interrupted)")
+            message = socket.receive()
+            if message is None:
+                continue
+            data = message.get("data", {}) if isinstance(message.get("data"), dict) else {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            kind = message.get("type")
+            if kind == "executing" and data.get("node"):
+                node = _node_title(self.workflow, data["node"])
+                self._bars.job(slot, f"{job.id} @ {server.url}: {node}")
+            elif kind == "progress":
+                self._bars.job(slot, f"{job.id} @ {server.url}: {node}", data.get("value", 0), data.get("max", 1))
+            elif kind == "execution_success":
+                return
+            elif kind == "execution_error":
+                raise _JobFailed(f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                                 f"{data.get('exception_message', '').strip()}")
+            elif kind == "execution_interrupted":
+                if self._stop.is_set():
+                    raise _Cancelled
+                raise _JobFailed("interrupted on the server")
+
+    def _collect(self, client: ComfyClient, prompt_id: str, job: Job) -> list[str]:
+        history = client.history(prompt_id) or {}
+        outputs = [f for f in PromptResult(prompt_id, "success", history).files() if f.type == "output"]
+        folder = self.out_dir / job.id
+        if folder.exists():  # an earlier attempt's files: replace, never duplicate
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        files = []
+        for output in outputs:
+            target = folder / output.filename
+            temp = target.with_name(f".{target.name}.part")
+            temp.write_bytes(client.view(output))
+            os.replace(temp, target)
+            files.append(str(target.relative_to(self.out_dir)))
+        return files
+
+    # ------------------------------------------------------------------ workers
+    def _worker(self, server: _Server, slot: int) -> None:
+        client = ComfyClient(server.url, timeout=60)
+        while not self._stop.is_set() and not self._all_recorded():
+            try:
+                task = self._tasks.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if not server.alive:
+                self._tasks.put(task)
+                return
+            try:
+                outcome = self._run_task(server, client, task, slot)
+            except _ServerLost as err:
+                server.alive = False
+                LOG.warning("server %s stopped answering (%s); re-queueing %s elsewhere", server.url, err, task.job.id)
+                self._tasks.put(task)
+                return
+            except _Cancelled:
+                self._record(Outcome(task.job.id, task.job.line, "cancelled", server.url, attempts=task.attempt,
+                                     error="cancelled by the user"))
+                return
+            except _JobFailed as err:
+                if err.retryable and task.attempt <= self.retries:
+                    LOG.warning("%s failed on %s (%s); retry %d of %d", task.job.id, server.url, err, task.attempt,
+                                self.retries)
+                    self._tasks.put(_Task(task.job, task.attempt + 1))
+                    continue
+                outcome = Outcome(task.job.id, task.job.line, "failed", server.url, attempts=task.attempt,
+                                  error=str(err))
+            finally:
+                self._bars.job(slot, f"slot {slot + 1}: idle")
+            self._record(outcome)
+
+    def run(self) -> list[Outcome]:
+        """Run every job; returns the outcomes in job order. KeyboardInterrupt cancels cleanly."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for job in self.jobs:
+            self._tasks.put(_Task(job))
+        threads = [threading.Thread(target=self._worker, args=(server, i * self.per_server + k), daemon=True,
+                                    name=f"ttm-batch-{i}-{k}")
+                   for i, server in enumerate(self.servers) for k in range(self.per_server)]
+        for thread in threads:
+            thread.start()
+        try:
+            while not self._all_recorded():
+                if not any(s.alive for s in self.servers) and not any(t.is_alive() for t in threads):
+                    self._fail_remaining("no server is answering any more")
+                    break
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            LOG.warning("cancelling: interrupting our running prompts and deleting our queued ones")
+            self.cancel()
+            for thread in threads:
+                thread.join(timeout=30)
+            self._fail_remaining("cancelled by the user", status="cancelled")
+            raise
+        finally:
+            self._bars.close()
+        for thread in threads:
+            thread.join(timeout=5)
+        return [self._outcomes[j.id] for j in self.jobs if j.id in self._outcomes]
+
+    def cancel(self) -> None:
+        self._stop.set()
+        for server in self.servers:
+            with self._lock:
+                prompt_ids = list(server.running)
+            if not prompt_ids or not server.alive:
+                continue
+            client = ComfyClient(server.url, timeout=10)
+            try:
+                client.delete_queued(prompt_ids)
+                for prompt_id in prompt_ids:
+                    client.interrupt(prompt_id)
+            except ComfyError as err:
+                LOG.warning("could not cancel on %s: %s", server.url, err)
+
+    def _fail_remaining(self, reason: str, status: str = "failed") -> None:
+        for job in self.jobs:
+            with self._lock:
+                known = job.id in self._outcomes
+            if not known:
+                self._record(Outcome(job.id, job.line, status, error=reason))
+
+
+def _node_title(workflow: dict[str, Any], node_id: str) -> str:
+    node = workflow.get(str(node_id), {})
+    return node.get("_meta", {}).get("title") or node.get("class_type", str(node_id))
+
+
+def _answers(url: str) -> bool:
+    try:
+        ComfyClient(url, timeout=5).object_info()
+        return True
+    except ComfyError:
+        return False
+
+
+# ---------------------------------------------------------------------- command line
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ttm-batch", description=__doc__.split("\n\n")[1].strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", action="append", required=True, help="ComfyUI URL (repeat for several)")
+    parser.add_argument("--workflow", type=Path, required=True, help="API-format workflow JSON")
+    parser.add_argument("--jobs", type=Path, required=True, help="jobs file (.jsonl or .csv)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (files + manifest.jsonl)")
+    parser.add_argument("--per-server", type=int, default=2, help="jobs in flight per server (default 2)")
+    parser.add_argument("--retries", type=int, default=0, help="re-run a failed job up to N times")
+    parser.add_argument("--resume", action="store_true", help="skip jobs the manifest has as done")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one job may take")
+    parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bars")
+    options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[ttm-batch] %(message)s", stream=sys.stderr)
+
+    try:
+        workflow = json.loads(options.workflow.read_text())
+        raws = read_jobs(options.jobs)
+    except (OSError, json.JSONDecodeError) as err:
+        LOG.error("cannot read the workflow or jobs file: %s", err)
+        return 2
+    except JobError as err:
+        LOG.error("%s", err)
+        return 2
+    if not isinstance(workflow, dict) or not all(isinstance(n, dict) and "class_type" in n for n in workflow.values()):
+        LOG.error("%s is not an API-format workflow (export it with 'Save (API)')", options.workflow)
+        return 2
+    manifest = Manifest(options.out / MANIFEST)
+    if manifest.entries() and not options.resume:
+        LOG.error("%s already has a manifest; use --resume to continue it, or another --out", options.out)
+        return 2
+    object_info = None
+    for url in options.server:
+        try:
+            object_info = ComfyClient(url, timeout=30).object_info()
+            break
+        except ComfyError as err:
+            LOG.warning("%s", err)
+    if object_info is None:
+        LOG.error("no server answered: %s", ", ".join(options.server))
+        return 2
+    try:
+        jobs, errors = validate_jobs(raws, workflow, object_info, options.jobs.parent)
+    except JobError as err:
+        LOG.error("%s", err)
+        return 2
+    options.out.mkdir(parents=True, exist_ok=True)
+    for error in errors:
+        job_id = next((str(r.fields.get("id", f"line-{r.line}")) for r in raws if r.line == error.line), "?")
+        manifest.append(Outcome(job_id, error.line, "failed", error=str(error)))
+        LOG.warning("%s", error)
+    done = manifest.done() if options.resume else {}
+    todo = [job for job in jobs if job.id not in done]
+    if done:
+        LOG.info("resuming: %d jobs already done, %d to run", len(jobs) - len(todo), len(todo))
+    progress = options.progress == "on" or (options.progress == "auto" and sys.stderr.isatty())
+    runner = BatchRunner(options.server, workflow, todo, options.out, options.per_server, options.retries,
+                         options.timeout, progress)
+    try:
+        if progress:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():  # log lines above the bars, not through them
+                outcomes = runner.run()
+        else:
+            outcomes = runner.run()
+    except KeyboardInterrupt:
+        LOG.warning("cancelled; the manifest has every finished job (%s)", manifest.path)
+        return 130
+    done_now = sum(o.status == "done" for o in outcomes)
+    failed = len(outcomes) - done_now + len(errors)
+    LOG.info("%d done, %d skipped as already done, %d failed; manifest: %s", done_now, len(jobs) - len(todo), failed,
+             manifest.path)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
