@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from _support import ROOT
+from _tiny_models import TinyModels, build_tiny_models
 from native_wan import FIXTURES, write_native_wan
 from tools.comfy_harness import ComfyServer
 from ttm_core.client import ComfyClient
@@ -23,9 +24,19 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[ComfyServer]:
-    """A real ComfyUI (the project's, or TTM_COMFYUI_DIR) with the pack, on a free loopback port."""
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """Tiny random SAM2 (Meta + HF), detector and LLM, saved in the user layout (built once)."""
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path,
+                 tiny_models: TinyModels) -> Iterator[ComfyServer]:
+    """A real ComfyUI (the project's, or TTM_COMFYUI_DIR) with the pack, on a free loopback port.
+
+    Its models folder holds the tiny models under the names the shipped workflows use."""
     server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
+    tiny_models.install(server.base / "models")
     server.start()
     try:
         yield server

@@ -35,7 +35,7 @@ def problem_dialogs(dialogs: list[str]) -> list[str]:
 
 
 def test_there_are_ui_workflows() -> None:
-    assert [p.name for p in UI_WORKFLOWS] == ["ttm_warp_paths.json"]
+    assert [p.name for p in UI_WORKFLOWS] == ["ttm_sam2_llm.json", "ttm_warp_paths.json"]
     for path in UI_WORKFLOWS:
         assert path.with_name(path.stem + "_api.json").exists(), f"{path.name} has no API-format twin"
 
@@ -97,4 +97,5 @@ def test_ui_workflow_loads_matches_api_twin_and_runs(comfy_server, client: Comfy
     file = comfy_server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"]
     with av.open(str(file)) as container:
         count = sum(1 for _ in container.decode(video=0))
-    assert count == api["6"]["inputs"]["num_frames"]
+    motion = next(node for node in api.values() if node["class_type"] == "TTM_ImageToMotion")
+    assert count == motion["inputs"]["num_frames"]
