@@ -69,7 +69,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=21, help="video frames (4k+1)")
     parser.add_argument("--dim", type=int, default=256, help="model width (heads = dim / 128, as ComfyUI derives)")
     parser.add_argument("--blocks", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     options = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -80,10 +80,13 @@ def main() -> int:
     install = ComfyInstall.locate()
     clip_file = build_cached(["clip_l"], install)["clip_l"]
     sys.path.insert(0, str(install.comfy_dir))
+    import torch
+    from comfy.cli_args import args
+
+    args.cpu = not torch.cuda.is_available()  # ComfyUI probes CUDA at import otherwise (a CUDA build on a CPU box)
     import comfy.model_management
     import comfy.sample
     import comfy.sd
-    import torch
 
     spec = importlib.util.spec_from_file_location("ttm_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
     pack = importlib.util.module_from_spec(spec)
