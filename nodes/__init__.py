@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .model_nodes import VideoModelLoader
 from .motion_nodes import ImageToMotion
 from .object_nodes import ObjectsFromMasks
 from .prompt_nodes import PromptDecompose
@@ -15,6 +16,7 @@ NODES: list[type[io.ComfyNode]] = [
     ImageToMotion,
     MaskedMotionToVideo,
     VideoCombine,
+    VideoModelLoader,
 ]
 
 

@@ -13,9 +13,10 @@ from comfy_api.latest import InputImpl, Types, io, ui
 from ..ttm_core.errors import TTMInputError
 from ..ttm_core.media import FORMATS, encode_video, split_prefix
 from ..ttm_core.warp import cut_and_drag
+from . import stage2_diffusers
 from ._common import CATEGORY, Trajectory, check_combo, progress_callback
 
-STAGE2_BACKENDS = ("warp",)
+STAGE2_BACKENDS = ("warp", "diffusers")
 
 
 class MaskedMotionToVideo(io.ComfyNode):
@@ -26,15 +27,18 @@ class MaskedMotionToVideo(io.ComfyNode):
             display_name="Masked Motion To Video (Through-The-Mask)",
             category=CATEGORY,
             description="Stage 2: the video from the first frame and the mask trajectory. The warp backend is "
-                        "the model-free cut-and-drag animation (objects moved, revealed background inpainted).",
+                        "the model-free cut-and-drag animation (objects moved, revealed background inpainted); "
+                        "the diffusers backend renders it with a diffusers video model.",
             inputs=[
                 io.Image.Input("image", tooltip="The first frame x(0); the first image of a batch is used."),
                 Trajectory.Input("trajectory", tooltip="The mask trajectory from Image To Motion."),
                 io.Combo.Input("backend", options=list(STAGE2_BACKENDS), default="warp",
                                tooltip="warp: cut-and-drag animation, no model needed (also the reference the "
-                                       "diffusion backends start from)."),
+                                       "diffusion backends start from). diffusers: a diffusers-format video model "
+                                       "(connect video_model) with masked attention and trajectory guidance."),
                 io.Float.Input("feather", default=1.0, min=0.0, max=32.0, step=0.1,
                                tooltip="Soft-edge width (Gaussian sigma, pixels) of the moved objects; 0 = hard."),
+                *stage2_diffusers.optional_inputs(),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="The video frames [T, H, W, 3]."),
@@ -43,11 +47,15 @@ class MaskedMotionToVideo(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, backend=None) -> bool | str:
-        return check_combo("backend", backend, STAGE2_BACKENDS)
+    def validate_inputs(cls, backend=None, clock_units=None) -> bool | str:
+        combo = check_combo("backend", backend, STAGE2_BACKENDS)
+        return stage2_diffusers.validate(clock_units) if combo is True else combo
 
     @classmethod
-    def execute(cls, image: torch.Tensor, trajectory, backend: str, feather: float) -> io.NodeOutput:
+    def execute(cls, image: torch.Tensor, trajectory, backend: str, feather: float, **options) -> io.NodeOutput:
+        if backend == "diffusers":
+            return stage2_diffusers.run(cls.hidden.unique_id, image, trajectory, feather,
+                                        **stage2_diffusers.own_options(options))
         frames = cut_and_drag(image[0], trajectory, feather, progress=progress_callback(cls.hidden.unique_id))
         return io.NodeOutput(frames, float(trajectory.fps))
 

@@ -21,12 +21,15 @@ logger = logging.getLogger(__name__)
 TINY_FAMILIES = ("cogvideox-1.0-i2v", "cogvideox-1.5-i2v", "wan2.1-i2v", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b",
                  "i2vgen-xl")
 
-WORDS = ("a", "an", "the", "two", "cat", "dog", "coin", "coins", "ball", "red", "blue", "small", "big", "large",
-         "silver", "ancient", "dark", "table", "scene", "object", "moves", "slides", "sliding", "glides", "gliding",
-         "jumps", "rolls", "left", "right", "down", "up", "across", "on", "to", "and", "of", "with", "blurry",
-         "static", "things", "move")
+_TEXT = """a an the two of on to and with in across among other left right up down small big large red blue
+ball balls coin coins cat dog table scene object objects thing things move moves moving slide slides sliding glide
+glides gliding roll rolls jump jumps ancient silver dark bright blurry distorted discontinuous ugly low quality
+resolution motionless static disfigured disconnected limbs faces incomplete arms still"""
+WORDS = tuple(dict.fromkeys(_TEXT.split()))
+"""The tiny tokenizers' whole words (lower case; T5 also gets them capitalised). Other words are
+spelt out letter by letter, so prompts made of these words stay short."""
 
-COG_TEXT_TOKENS = 16
+COG_TEXT_TOKENS = 32
 """Text length of the tiny CogVideoX (its transformer's max_text_seq_length; the real models have 226)."""
 WAN_TEXT_TOKENS = 512
 """diffusers' Wan processors hard-code 512 text tokens, so even the tiny Wan keeps them."""
@@ -39,6 +42,7 @@ def _t5_tokenizer(max_length: int):
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab += [("\u2581" + w, -float(i + 1)) for i, w in enumerate(WORDS)]
+    vocab += [("\u2581" + w.capitalize(), -float(i + 1)) for i, w in enumerate(WORDS) if w.capitalize() != w]
     vocab += [(c, -100.0) for c in "abcdefghijklmnopqrstuvwxyz,.'"]
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
 
@@ -46,10 +50,20 @@ def _t5_tokenizer(max_length: int):
 def _clip_tokenizer(max_length: int):
     from transformers import CLIPTokenizer
 
-    pieces = ["<|startoftext|>", "<|endoftext|>"] + [w + "</w>" for w in WORDS]
-    pieces += list("abcdefghijklmnopqrstuvwxyz,.'") + [c + "</w>" for c in "abcdefghijklmnopqrstuvwxyz,.'"]
+    letters = "abcdefghijklmnopqrstuvwxyz,.'"
+    pieces = ["<|startoftext|>", "<|endoftext|>"] + list(letters) + [c + "</w>" for c in letters]
+    merges: list[tuple[str, str]] = []
+    for word in WORDS:  # merges that build each word letter by letter: w o -> wo, wo r -> wor, wor d</w> -> ...
+        prefix = word[0]
+        for i, char in enumerate(word[1:], start=1):
+            piece = char + "</w>" if i == len(word) - 1 else char
+            merges.append((prefix, piece))
+            prefix += piece
+            pieces.append(prefix)
+        if len(word) == 1:
+            pieces.append(word + "</w>")
     vocab = {p: i for i, p in enumerate(dict.fromkeys(pieces))}
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    return CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=max_length)
 
 
 def _t5_encoder(width: int, vocab: int, umt5: bool = False):
@@ -89,8 +103,10 @@ def build_cogvideox(version: str = "1.0", seed: int = 0, sample_size: tuple[int,
     tokenizer = _t5_tokenizer(COG_TEXT_TOKENS)
     text_encoder = _t5_encoder(24, len(tokenizer))
     vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
-                                 norm_num_groups=2, temporal_compression_ratio=4, sample_height=height,
-                                 sample_width=width, invert_scale_latents=version == "1.5").eval()
+                                 norm_num_groups=2, temporal_compression_ratio=4, sample_height=2 * height,
+                                 sample_width=2 * width, invert_scale_latents=version == "1.5").eval()
+    # (the VAE's sample size only sets its tile size: tiles of half of it; diffusers' CogVideoX tiling
+    # gives wrong latent sizes below 2 tiles of 32 px, so the tiny VAE never tiles at its own size)
     extra = dict(patch_size_t=2, ofs_embed_dim=16) if version == "1.5" else {}
     if learned_positions is None:
         learned_positions = version == "1.0"
