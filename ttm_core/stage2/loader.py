@@ -120,8 +120,8 @@ def load_video_model(folder: Path, dtype: torch.dtype = torch.float32, vae_tilin
         if family.key.startswith("wan") and dtype != torch.float32:
             # Wan's VAE in float32, as the Wan authors and diffusers recommend (a small model).
             extra["vae"] = diffusers.AutoencoderKLWan.from_pretrained(str(folder), subfolder="vae",
-                                                                      torch_dtype=torch.float32, local_files_only=True)
-        pipe = pipeline_class.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True, **extra)
+                                                                      dtype=torch.float32, local_files_only=True)
+        pipe = pipeline_class.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise TTMInputError("model", f"{folder.name!r} ({family.label}) could not be loaded: {err}",
                             "re-download the folder completely (every component sub-folder with its weights)") from err
