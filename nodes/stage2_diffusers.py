@@ -12,6 +12,7 @@ import logging
 
 import torch
 from comfy_api.latest import io, ui
+from server import PromptServer
 
 from ..ttm_core.errors import TTMInputError
 from ..ttm_core.guidance import CLOCK_UNITS, DualClock
@@ -121,4 +122,6 @@ def run(node_id: str | None, image: torch.Tensor, trajectory: Trajectory, feathe
     summary = (f"{video_model.model.family.label}: {result.plan.width}x{result.plan.height}, "
                f"{result.plan.num_frames} frames at {result.fps:.4g} fps")
     text = "\n".join([summary, *result.notes])
+    if node_id is not None:  # shown on the node in the frontend; the same text is in /history as UI text
+        PromptServer.instance.send_progress_text(text, node_id)
     return io.NodeOutput(result.frames, float(result.fps), ui=ui.PreviewText(text))

@@ -11,11 +11,22 @@ import av
 import pytest
 
 from _support import WORKFLOWS
+from stage2_support import server_models, tiny_model_dir  # noqa: F401 (fixtures)
 from tools.browser import comfy_page
 from ttm_core.client import ComfyClient
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 UI_WORKFLOWS = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith("_api.json"))
+# Workflows of the diffusers backend name the real model folders; before queueing from the page the test
+# swaps in a tiny random model of the same family (widget values per node type) and expects its frame count.
+TINY_SWAPS = {
+    "ttm_cogvideox_i2v.json": ({"TTM_VideoModelLoader": {"model": "tiny/cogvideox-1.0-i2v"},
+                                "TTM_ImageToMotion": {"num_frames": 9},
+                                "TTM_MaskedMotionToVideo": {"steps": 2}}, 9),
+    "ttm_i2vgen_xl.json": ({"TTM_VideoModelLoader": {"model": "tiny/i2vgen-xl"},
+                            "TTM_ImageToMotion": {"num_frames": 4},
+                            "TTM_MaskedMotionToVideo": {"steps": 2, "width": 64, "height": 64}}, 4),
+}
 
 LOAD_JS = """
 async (graph) => {
@@ -35,7 +46,7 @@ def problem_dialogs(dialogs: list[str]) -> list[str]:
 
 
 def test_there_are_ui_workflows() -> None:
-    assert [p.name for p in UI_WORKFLOWS] == ["ttm_warp_paths.json"]
+    assert [p.name for p in UI_WORKFLOWS] == ["ttm_cogvideox_i2v.json", "ttm_i2vgen_xl.json", "ttm_warp_paths.json"]
     for path in UI_WORKFLOWS:
         assert path.with_name(path.stem + "_api.json").exists(), f"{path.name} has no API-format twin"
 
@@ -57,7 +68,7 @@ def fit_view(page) -> None:
 
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
 def test_ui_workflow_loads_matches_api_twin_and_runs(comfy_server, client: ComfyClient, artifacts: Path,
-                                                     path: Path) -> None:
+                                                     server_models: Path, path: Path) -> None:
     graph = json.loads(path.read_text())
     api = json.loads(path.with_name(path.stem + "_api.json").read_text())
     prefix = f"ttm/browser_{uuid.uuid4().hex[:8]}"
@@ -74,11 +85,16 @@ def test_ui_workflow_loads_matches_api_twin_and_runs(comfy_server, client: Comfy
 
         # Queue from the page, as an artist would, with a fresh prefix so nothing is cached.
         before = set(client._request("GET", "/history") or {})
-        page.evaluate("""async (prefix) => {
+        swaps, frames = TINY_SWAPS.get(path.name, ({}, api["6"]["inputs"]["num_frames"]))
+        page.evaluate("""async ([prefix, swaps]) => {
             const node = app.graph.nodes.find((n) => n.type === 'TTM_VideoCombine');
             node.widgets.find((w) => w.name === 'filename_prefix').value = prefix;
+            for (const [type, values] of Object.entries(swaps)) {
+              const target = app.graph.nodes.find((n) => n.type === type);
+              for (const [name, value] of Object.entries(values)) target.widgets.find((w) => w.name === name).value = value;
+            }
             await app.queuePrompt(0, 1);
-        }""", prefix)
+        }""", [prefix, swaps])
         deadline = time.monotonic() + 300
         entry = None
         while time.monotonic() < deadline and entry is None:
@@ -97,4 +113,4 @@ def test_ui_workflow_loads_matches_api_twin_and_runs(comfy_server, client: Comfy
     file = comfy_server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"]
     with av.open(str(file)) as container:
         count = sum(1 for _ in container.decode(video=0))
-    assert count == api["6"]["inputs"]["num_frames"]
+    assert count == frames
