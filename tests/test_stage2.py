@@ -325,3 +325,14 @@ def test_size_rules_read_from_the_models(tiny_model_dir: Path) -> None:
     assert rules["wan2.2-ti2v-5b"].multiple == (32, 32) and rules["wan2.1-i2v"].multiple == (16, 16)
     assert rules["i2vgen-xl"].multiple == (8, 8) and not rules["i2vgen-xl"].causal
     assert {f.key for f in FAMILIES.values()} == set(TINY_FAMILIES)
+
+
+def test_fp16_variant_only_folders_load(tmp_path: Path) -> None:
+    """ali-vilab/i2vgen-xl is often downloaded with its fp16 weight files only (``*.fp16.safetensors``)."""
+    from ttm_core.stage2.tiny import build_tiny
+
+    folder = tmp_path / "i2vgen-xl"
+    build_tiny("i2vgen-xl").save_pretrained(str(folder), variant="fp16")
+    assert list((folder / "unet").glob("*.fp16.safetensors"))
+    loaded = load_video_model(folder)
+    assert loaded.family.key == "i2vgen-xl" and loaded.pipeline.unet.dtype == torch.float32

@@ -95,6 +95,18 @@ class VideoModel:
         return int(pipe.tokenizer.model_max_length)  # type: ignore[attr-defined]
 
 
+def weights_variant(folder: Path, components: list[str]) -> str | None:
+    """``"fp16"`` when a component has only ``*.fp16.*`` weight files (e.g. ali-vilab/i2vgen-xl downloaded with
+    its fp16 variant only), else None (the plain files are used)."""
+    for name in components:
+        files = [p.name for p in (folder / name).glob("*") if p.suffix in (".safetensors", ".bin", ".json")]
+        weights = [f for f in files if f.startswith(("diffusion_pytorch_model", "model", "pytorch_model"))]
+        plain = [f for f in weights if ".fp16." not in f]
+        if weights and not plain and any(".fp16." in f for f in weights):
+            return "fp16"
+    return None
+
+
 def load_video_model(folder: Path, dtype: torch.dtype = torch.float32, vae_tiling: bool = False,
                      name: str | None = None, detected: DetectedModel | None = None) -> VideoModel:
     """Load a supported diffusers-format folder.
@@ -115,12 +127,15 @@ def load_video_model(folder: Path, dtype: torch.dtype = torch.float32, vae_tilin
 
     pipeline_class = getattr(diffusers, family.pipeline_class)
     logger.info("loading %s from %s (%s)", family.label, folder, str(dtype).removeprefix("torch."))
-    extra = {}
+    extra: dict[str, object] = {}
+    variant = weights_variant(folder, list(detected.components))
+    if variant is not None:
+        extra["variant"] = variant
     try:
         if family.key.startswith("wan") and dtype != torch.float32:
             # Wan's VAE in float32, as the Wan authors and diffusers recommend (a small model).
-            extra["vae"] = diffusers.AutoencoderKLWan.from_pretrained(str(folder), subfolder="vae",
-                                                                      dtype=torch.float32, local_files_only=True)
+            extra["vae"] = diffusers.AutoencoderKLWan.from_pretrained(str(folder), subfolder="vae", dtype=torch.float32,
+                                                                      local_files_only=True, variant=variant)
         pipe = pipeline_class.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise TTMInputError("model", f"{folder.name!r} ({family.label}) could not be loaded: {err}",

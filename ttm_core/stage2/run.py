@@ -369,6 +369,36 @@ def encode_reference(model: VideoModel, video: torch.Tensor, chunk: int = 8) -> 
     return latents.to(_execution_device(model))
 
 
+def guidance_inputs(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, plan: FramePlan,
+                    feather: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dual clock's reference latents and foreground for one generation (done once, before the loop).
+
+    The cut-and-drag video is rendered at the trajectory's size, resampled to the plan (frames, crop,
+    size) and VAE-encoded; the foreground is the trajectory's object share per latent cell.
+
+    Returns:
+        reference float32 ``[1, C, F_lat, H_lat, W_lat]`` (execution device), foreground ``[F_lat, H_lat, W_lat]``.
+    """
+    source = cut_and_drag(image, trajectory, feather)  # [T, H, W, 3] on the CPU
+    video = fit_frames(source[plan.frame_sources()], plan)
+    del source
+    reference = encode_reference(model, video)
+    del video
+    geometry = geometry_for(model.denoisers[0], model.pipeline.vae)  # type: ignore[attr-defined]
+    foreground = labels_foreground(fit_labels(trajectory.labels, plan), trajectory.objects.ids, geometry,
+                                   plan.num_frames, plan.height, plan.width, trajectory.depth_order)
+    return reference, foreground
+
+
+def attention_plan(model: VideoModel, trajectory: Trajectory, plan: FramePlan, local: tuple[torch.Tensor, ...],
+                   config: MaskedAttentionConfig) -> MaskedAttentionPlan:
+    """The masked-attention plan of one generation: the trajectory on the model's token grid, the local prompts."""
+    geometry = geometry_for(model.denoisers[0], model.pipeline.vae)  # type: ignore[attr-defined]
+    grid = token_grid_from_labels(fit_labels(trajectory.labels, plan), trajectory.objects.ids, geometry,
+                                  plan.num_frames, plan.height, plan.width, trajectory.depth_order)
+    return MaskedAttentionPlan(grid, local, config)
+
+
 def _pil(image: torch.Tensor) -> Image.Image:
     """float [H, W, 3] in 0..1 -> an 8-bit RGB PIL image (what the pipelines take)."""
     array = image.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).cpu().numpy()
@@ -449,17 +479,9 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
         prepare("generate", groups["image"] + groups["denoise"] + groups["vae"])
     device = _execution_device(model)
 
-    labels = fit_labels(trajectory.labels, plan)
-    ids, order = trajectory.objects.ids, trajectory.depth_order
     reference = foreground = None
     if guiding:
-        source = cut_and_drag(image, trajectory, settings.feather)  # [T, H, W, 3] on the CPU
-        video = fit_frames(source[plan.frame_sources()], plan)
-        del source
-        reference = encode_reference(model, video)
-        del video
-        geometry = geometry_for(model.denoisers[0], model.pipeline.vae)  # type: ignore[attr-defined]
-        foreground = labels_foreground(labels, ids, geometry, plan.num_frames, plan.height, plan.width, order)
+        reference, foreground = guidance_inputs(model, image, trajectory, plan, settings.feather)
     clock = _DualClockRun(model.pipeline, family.key, settings.clock, reference, foreground, progress)
 
     first = fit_frames(image[None], plan)[0]
@@ -476,9 +498,7 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
     calls: dict[str, int] = {}
     with ExitStack() as stack:
         if masking:
-            grid = token_grid_from_labels(labels, ids, geometry_for(model.denoisers[0], model.pipeline.vae),  # type: ignore[attr-defined]
-                                          plan.num_frames, plan.height, plan.width, order)
-            masked_plan = MaskedAttentionPlan(grid, encoded.local, attention)
+            masked_plan = attention_plan(model, trajectory, plan, encoded.local, attention)
             state = stack.enter_context(masked_attention(model.pipeline, masked_plan))
             if family.key.startswith("wan"):
                 stack.enter_context(_wan_cfg_rows(model, state, encoded.negative_embeds))
