@@ -331,8 +331,9 @@ def format_report(report: dict[str, object]) -> str:
              f"{'MiB ours':>10}{'mem ratio':>11}"
     lines += [header, "-" * len(header)]
     for kind, r in report["results"].items():  # type: ignore[union-attr]
-        mem = "".join(f"{r[k]:>{w}.1f}" if k in r else f"{'-':>{w}}"
-                      for k, w in (("peak_extra_mib_stock", 11), ("peak_extra_mib_ours", 10), ("memory_ratio", 11)))
+        mem = "".join(f"{r[k]:>{w}.{d}f}" if k in r else f"{'-':>{w}}"
+                      for k, w, d in (("peak_extra_mib_stock", 11, 1), ("peak_extra_mib_ours", 10, 1),
+                                      ("memory_ratio", 11, 3)))
         lines.append(f"{kind:<12}{r['stock_s']:>10.3f}{r['ours_s']:>10.3f}{r['time_ratio']:>8.3f}"
                      f"{r['time_ratio_paired']:>8.3f}{mem}")
     if "pipeline" in report["results"]:  # type: ignore[operator]

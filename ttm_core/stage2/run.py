@@ -402,7 +402,7 @@ def attention_plan(model: VideoModel, trajectory: Trajectory, plan: FramePlan, l
 def _pil(image: torch.Tensor) -> Image.Image:
     """float [H, W, 3] in 0..1 -> an 8-bit RGB PIL image (what the pipelines take)."""
     array = image.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).cpu().numpy()
-    return Image.fromarray(array, mode="RGB")
+    return Image.fromarray(array)
 
 
 def _will_pin(clock: DualClock, steps: int) -> bool:
