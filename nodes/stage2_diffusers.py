@@ -30,8 +30,9 @@ DEFAULTS = DualClock()
 def optional_inputs() -> list[io.Input]:
     """The node inputs the diffusers backend reads (all optional; the warp backend ignores them)."""
     return [
-        VideoModelSocket.Input("video_model", optional=True,
-                               tooltip="diffusers backend: the model from Video Model Loader (Through-The-Mask)."),
+        VideoModelSocket.Input("video_model", optional=True, lazy=True,
+                               tooltip="diffusers backend: the model from Video Model Loader (Through-The-Mask). "
+                                       "Loaded only when the backend is diffusers."),
         PromptsSocket.Input("prompts", optional=True,
                             tooltip="diffusers backend: prompts replacing the trajectory's own (same objects, in "
                                     "order). Prompts with no object lines give plain image-to-video sampling."),
@@ -82,6 +83,14 @@ def own_options(options: dict) -> dict:
     """The node's optional inputs this backend reads (other backends add inputs of their own)."""
     names = {spec.id for spec in optional_inputs()}
     return {name: value for name, value in options.items() if name in names}
+
+
+def lazy_inputs(backend: object, inputs: dict) -> list[str]:
+    """check_lazy_status: the model is loaded only when this backend runs (a connected loader costs
+    nothing while the node renders with warp). Unconnected inputs are absent from ``inputs``."""
+    if backend == "diffusers" and "video_model" in inputs and inputs["video_model"] is None:
+        return ["video_model"]
+    return []
 
 
 def validate(clock_units: object) -> bool | str:

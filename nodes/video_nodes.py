@@ -52,6 +52,10 @@ class MaskedMotionToVideo(io.ComfyNode):
         return stage2_diffusers.validate(clock_units) if combo is True else combo
 
     @classmethod
+    def check_lazy_status(cls, backend=None, **inputs) -> list[str]:
+        return stage2_diffusers.lazy_inputs(backend, inputs)
+
+    @classmethod
     def execute(cls, image: torch.Tensor, trajectory, backend: str, feather: float, **options) -> io.NodeOutput:
         if backend == "diffusers":
             return stage2_diffusers.run(cls.hidden.unique_id, image, trajectory, feather,

@@ -154,7 +154,8 @@ def test_guidance_off_and_strength_zero_equal_the_stock_pipeline(tiny_model_dir:
                               num_frames=frames, **OFF)
     ours = generate(m, image, trajectory, trajectory.objects.prompts, settings)
     expected = stock(m, image, trajectory.objects.prompts.global_prompt, "blurry static", 7, 3, 5.0, frames, ours.fps)
-    assert ours.frames.shape == (frames, 64, 64, 3)
+    assert ours.frames.shape == (frames, 64, 64, 3) and ours.frames.dtype == torch.float32
+    assert 0.0 <= float(ours.frames.min()) < float(ours.frames.max()) <= 1.0  # ComfyUI's IMAGE range
     assert float((ours.frames - expected).abs().max()) == 0.0
     assert ours.masked_calls == {} and ours.guidance is None
     full = generate(m, image, trajectory, trajectory.objects.prompts,

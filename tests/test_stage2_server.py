@@ -270,3 +270,15 @@ def test_trajectory_frames_are_resampled_and_zero_objects_sample_plainly(client:
     mismatch["12"] = dict(plain["12"], inputs=dict(plain["12"]["inputs"], objects="coin: a coin"))
     mismatch["7"]["inputs"]["prompts"] = ["12", 0]
     expect_error(client, mismatch, "prompts: the prompts name 1 objects but the trajectory has 2")
+
+
+def test_a_connected_loader_costs_nothing_while_the_backend_is_warp(client: ComfyClient, server_models: Path) -> None:
+    wf = workflow("wan2.2-ti2v-5b", backend="warp")
+    wf["10"]["inputs"]["dtype"] = "fp32"  # a loader input no other test uses: nothing cached to hide behind
+    result = client.run(wf, timeout=600)
+    assert "10" not in result.history["outputs"] and "10" not in cached_nodes(result)  # never executed
+    assert frames_of(client, result).shape == (9, 288, 384, 3)  # the warp animation at the image's size
+    wf["7"]["inputs"]["backend"] = "diffusers"
+    result = client.run(wf, timeout=600)
+    assert ui_text(result, "10").startswith("Wan 2.2 TI2V-5B, float32")
+    assert frames_of(client, result).shape == (9, 64, 64, 3)
