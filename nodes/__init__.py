@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from ._models import register_model_folders
+from .llm_nodes import LLMEndpoint, LLMLoader
 from .model_nodes import VideoModelLoader
 from .motion_nodes import ImageToMotion
 from .object_nodes import ObjectsFromMasks
+from .patch_nodes import PatchModel
 from .prompt_nodes import PromptDecompose
+from .segment_nodes import DetectorLoader, SAM2Loader, SAM2Segment
 from .video_nodes import MaskedMotionToVideo, VideoCombine
 
 NODES: list[type[io.ComfyNode]] = [
@@ -15,12 +19,22 @@ NODES: list[type[io.ComfyNode]] = [
     ObjectsFromMasks,
     ImageToMotion,
     MaskedMotionToVideo,
+    PatchModel,
     VideoCombine,
+    # segmentation and LLM prompt decomposition (issue 5)
+    SAM2Loader,
+    SAM2Segment,
+    DetectorLoader,
+    LLMLoader,
+    LLMEndpoint,
     VideoModelLoader,
 ]
 
 
 class ThroughTheMaskExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        register_model_folders()
+
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return list(NODES)
 

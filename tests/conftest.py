@@ -1,4 +1,4 @@
-"""Shared fixtures: one real ComfyUI server per test session, its client, the artifacts folder."""
+"""Shared fixtures: real ComfyUI servers (plain, and with the tiny native Wan models), clients, artifacts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from _support import ROOT
+from _tiny_models import TinyModels, build_tiny_models
+from native_wan import FIXTURES, write_native_wan
 from tools.comfy_harness import ComfyServer
 from ttm_core.client import ComfyClient
 
@@ -22,9 +24,19 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[ComfyServer]:
-    """A real ComfyUI (the project's, or TTM_COMFYUI_DIR) with the pack, on a free loopback port."""
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """Tiny random SAM2 (Meta + HF), detector and LLM, saved in the user layout (built once)."""
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path,
+                 tiny_models: TinyModels) -> Iterator[ComfyServer]:
+    """A real ComfyUI (the project's, or TTM_COMFYUI_DIR) with the pack, on a free loopback port.
+
+    Its models folder holds the tiny models under the names the shipped workflows use."""
     server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
+    tiny_models.install(server.base / "models")
     server.start()
     try:
         yield server
@@ -36,3 +48,32 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> I
 @pytest.fixture(scope="session")
 def client(comfy_server: ComfyServer) -> ComfyClient:
     return ComfyClient(comfy_server.url, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def native_wan_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[ComfyServer]:
+    """A real ComfyUI whose models/ holds every native Wan fixture of tests/native_wan.py.
+
+    The files are written (linked from the build cache) before the server starts, so
+    the loader nodes list them from the first /object_info on.
+    """
+    base = tmp_path_factory.mktemp("comfyui-native-wan")
+    write_native_wan(base / "models")
+    server = ComfyServer(base)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.copy(server.log_path, artifacts / "comfyui-native-wan-server.log")
+
+
+@pytest.fixture(scope="session")
+def native_wan_models(native_wan_server: ComfyServer) -> dict[str, Path]:
+    """Each native Wan fixture's path inside the native server's models/ folder, by fixture key."""
+    return {key: native_wan_server.base / "models" / fixture.relpath for key, fixture in FIXTURES.items()}
+
+
+@pytest.fixture(scope="session")
+def native_wan_client(native_wan_server: ComfyServer) -> ComfyClient:
+    return ComfyClient(native_wan_server.url, timeout=120)

@@ -84,18 +84,25 @@ def test_jobs_are_validated_against_workflow_and_object_info(client: ComfyClient
             job(6, seed=3), job(7, overrides={"No Such Node.x": 1}), job(1),
             job(8, overrides={"Video Combine": {"format": "webm", "quality": 70}})]
     raws = read_jobs(write_jobs(tmp_path, jobs))
-    valid, errors = validate_jobs(raws, load_workflow(WORKFLOW.name), client.object_info(), tmp_path)
-    assert [j.id for j in valid] == ["shot-01", "shot-08"]
+    workflow = load_workflow(WORKFLOW.name)
+    valid, errors = validate_jobs(raws, workflow, client.object_info(), tmp_path)
+    assert [j.id for j in valid] == ["shot-01", "shot-06", "shot-08"]
+    # 'seed' goes to every seed input: Prompt Decompose's (LLM) and Masked Motion To Video's (comfy backend)
+    assert {(node, name): value for (node, name), value in valid[1].settings.items() if name == "seed"} == \
+        {("4", "seed"): 3, ("7", "seed"): 3}
+    without_seed = {k: {**v, "inputs": {n: x for n, x in v["inputs"].items() if n != "seed"}}
+                    for k, v in workflow.items()}
+    _, seedless = validate_jobs(raws[5:6], without_seed, client.object_info(), tmp_path)
+    assert str(seedless[0]).startswith("line 6: the job sets 'seed' but the workflow has no seed input")
     messages = [str(e) for e in errors]
     assert messages[0].startswith("line 2: TTM_ImageToMotion has no input 'speed' (Image to Motion.speed)")
     assert "num_frames" in messages[0] and "Fix: use one of:" in messages[0]
     assert messages[1].startswith("line 3: image 'nope.png' does not exist")
     assert messages[2].startswith("line 4: Image to Motion.num_frames = 'many' is not an integer")
     assert messages[3].startswith("line 5: Video Combine.format = 'avi' is not one of its choices")
-    assert messages[4].startswith("line 6: the job sets 'seed' but the workflow has no seed input")
-    assert messages[5].startswith("line 7: no node titled or numbered 'No Such Node'")
-    assert messages[6].startswith("line 8: the id 'shot-01' is used twice")
-    settings = {name: value for (_, name), value in valid[1].settings.items()}
+    assert messages[4].startswith("line 7: no node titled or numbered 'No Such Node'")
+    assert messages[5].startswith("line 8: the id 'shot-01' is used twice")
+    settings = {name: value for (_, name), value in valid[2].settings.items()}
     assert settings["format"] == "webm" and settings["quality"] == 70
 
 

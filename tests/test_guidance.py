@@ -68,3 +68,10 @@ def test_latent_foreground_uses_the_causal_vae_mapping() -> None:
     assert fg[2, 0, 3].item() == pytest.approx(0.625)  # x 24..31: 1, 1, 0.5, 0
     ti2v = latent_foreground(Trajectory(labels, objects, 8.0), WAN22_TI2V, 9, 64, 64)
     assert ti2v.shape == (3, 4, 4)  # TI2V's VAE is 16x spatially
+
+
+def test_frame_weight_leaves_a_frame_alone() -> None:
+    x, ref = torch.zeros(1, 1, 2, 2, 2), torch.ones(1, 1, 2, 2, 2)
+    fg = torch.ones(2, 2, 2)
+    out = pin(x, ref, fg, True, True, frame_weight=torch.tensor([0.0, 1.0]))
+    assert out[0, 0, 0].abs().max() == 0 and bool((out[0, 0, 1] == 1).all())

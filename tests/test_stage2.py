@@ -115,20 +115,22 @@ def test_folders_without_model_index_and_unknown_names_are_refused(tmp_path: Pat
 
 # ------------------------------------------------------------------------------- sizes and frames
 def test_frame_plans_follow_each_family_and_say_what_changed() -> None:
-    wan = SizeRules("Wan 2.1 I2V", (16, 16), None, None, 4, True, 5, 480 * 832)
-    plan = plan_frames(wan, (288, 384), 12, 16.0)
-    assert (plan.height, plan.width, plan.num_frames) == (544, 720, 9)  # 4:3 at 480x832's area, 16 px grid
+    wan = SizeRules("Wan 2.1 I2V", (16, 16), None, None, 4, True, 5)
+    plan = plan_frames(wan, (300, 390), 12, 16.0)
+    assert (plan.height, plan.width, plan.num_frames) == (288, 384, 9)  # the image's size on the 16 px grid
+    assert plan.crop == (4, 0, 296, 390)  # 390 x 300 centre-cropped to 384:288 = 4:3
+    assert "the 390x300 image is generated at 384x288" in plan.notes[0]
     assert plan.fps == pytest.approx(16.0 * 8 / 11)  # keeps the 12-frame trajectory's duration
     assert any("12 frames is not a legal length" in n for n in plan.notes)
     assert plan.frame_sources() == [0, 1, 3, 4, 6, 7, 8, 10, 11]
     explicit = plan_frames(wan, (288, 384), 49, 16.0, width=100, height=70)
     assert (explicit.width, explicit.height, explicit.num_frames) == (96, 64, 49)
     assert explicit.crop == (16, 0, 272, 384) and "rounded down to 96x64" in explicit.notes[0]
-    cog10 = SizeRules("CogVideoX 1.0 I2V", (16, 16), (480, 720), 49, 4, True, 5, 480 * 720)
+    cog10 = SizeRules("CogVideoX 1.0 I2V", (16, 16), (480, 720), 49, 4, True, 5)
     fixed = plan_frames(cog10, (288, 384), 81, 16.0)
     assert (fixed.height, fixed.width, fixed.num_frames, fixed.crop) == (480, 720, 49, (16, 0, 272, 384))
     assert any("centre-cropped to 384x256" in n for n in fixed.notes)
-    unet = SizeRules("I2VGen-XL", (8, 8), None, None, 1, False, 2, 64 * 64)
+    unet = SizeRules("I2VGen-XL", (8, 8), None, None, 1, False, 2)
     same = plan_frames(unet, (64, 64), 7, 8.0)
     assert (same.height, same.width, same.num_frames, same.fps, same.notes) == (64, 64, 7, 8.0, ())
     with pytest.raises(TTMInputError, match="only one of width and height"):
@@ -136,7 +138,7 @@ def test_frame_plans_follow_each_family_and_say_what_changed() -> None:
 
 
 def test_fitting_crops_then_resizes() -> None:
-    cog10 = SizeRules("CogVideoX 1.0 I2V", (16, 16), (32, 48), 9, 4, True, 5, 32 * 48)
+    cog10 = SizeRules("CogVideoX 1.0 I2V", (16, 16), (32, 48), 9, 4, True, 5)
     plan = plan_frames(cog10, (48, 48), 9, 8.0)  # 1:1 -> 3:2: rows 8..40 are kept
     frames = torch.zeros(1, 48, 48, 3)
     frames[:, 8:40] = 1.0
@@ -184,6 +186,19 @@ def test_wan_local_prompts_reach_only_the_conditional_call(tiny_model_dir: Path)
     for block in (0, 1):
         assert result.masked_calls[f"transformer.blocks.{block}.attn1"] == 6  # cond + uncond, 3 steps
         assert result.masked_calls[f"transformer.blocks.{block}.attn2"] == 3  # the conditional call only
+
+
+def test_masked_attention_runs_only_in_its_step_window(tiny_model_dir: Path) -> None:
+    m = model(tiny_model_dir, "wan2.1-i2v")
+    trajectory = two_balls()
+    result = generate(m, test_image(), trajectory, trajectory.objects.prompts,
+                      Stage2Settings(seed=1, steps=4, cfg=5.0, width=64, height=64, attention_window=(0.5, 1.0)))
+    assert result.masked_calls["transformer.blocks.0.attn1"] == 4  # steps 3 and 4, prompt and negative calls
+    assert any("masked attention runs in steps 3..4 of 4" in n for n in result.notes)
+    for window, name in (((1.2, 1.0), "start_percent"), ((0.6, 0.5), "end_percent")):
+        with pytest.raises(TTMInputError) as err:
+            Stage2Settings(attention_window=window)
+        assert err.value.input_name == name
 
 
 # ---------------------------------------------------------------------------------- the dual clock

@@ -68,13 +68,18 @@ def test_loader_lists_the_models_and_every_input_has_a_tooltip(client: ComfyClie
     options = loader["input"]["required"]["model"][1]["options"]
     assert {f"tiny/{family}" for family in TINY_FAMILIES} <= set(options)
     stage2 = info["TTM_MaskedMotionToVideo"]
-    assert stage2["input"]["required"]["backend"][1]["options"] == ["warp", "diffusers"]
     for node in (loader, stage2):
         inputs = {**node["input"].get("required", {}), **node["input"].get("optional", {})}
         for name, spec in inputs.items():
             assert spec[1].get("tooltip"), f"{name} has no tooltip"
-    assert {"video_model", "prompts", "seed", "steps", "cfg", "negative_prompt", "self_strength", "cross_strength",
-            "num_blocks", "object_end", "background_end", "clock_units"} <= set(stage2["input"]["optional"])
+    assert stage2["input"]["required"]["backend"][1]["options"] == ["warp", "comfy", "diffusers"]
+    optional = stage2["input"]["optional"]
+    assert {"video_model", "prompts", "seed", "steps", "cfg", "negative_prompt", "width", "height", "length",
+            "self_strength", "cross_strength", "masked_blocks", "start_percent", "end_percent", "guidance",
+            "object_clock", "background_clock", "clock_units"} <= set(optional)
+    assert optional["seed"][1]["tooltip"].startswith("comfy and diffusers backends: ")
+    assert optional["video_model"][1]["tooltip"].startswith("diffusers backend: ")
+    assert optional["sampler_name"][1]["tooltip"].startswith("comfy backend: ")
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -91,7 +96,7 @@ def test_each_family_runs_its_workflow_and_the_same_seed_gives_the_same_frames(
                                    "wan2.1-i2v": "Wan 2.1 I2V", "wan2.2-i2v-a14b": "Wan 2.2 I2V-A14B",
                                    "wan2.2-ti2v-5b": "Wan 2.2 TI2V-5B", "i2vgen-xl": "I2VGen-XL"}[family])
     # The same seed again; K given explicitly (= the default) so ComfyUI re-executes instead of using its cache.
-    second = client.run(workflow(family, seed=5, num_blocks=DEFAULT_K.get(family, 1)), timeout=600)
+    second = client.run(workflow(family, seed=5, masked_blocks=DEFAULT_K.get(family, 1)), timeout=600)
     assert "7" not in cached_nodes(second)
     assert np.array_equal(frames_of(client, second), frames)
     other = client.run(workflow(family, seed=6), timeout=600)
@@ -110,7 +115,7 @@ def _stock_frames(tiny_model_dir: Path, family: str, seed: int, steps: int, fram
         torch.manual_seed(seed)
         video = m.pipeline(image=_pil(fit_frames(image[None].float(), plan)[0]), prompt=prompt,
                            negative_prompt=negative, height=64, width=64, num_frames=frames,
-                           num_inference_steps=steps, guidance_scale=m.family.default_cfg,
+                           num_inference_steps=steps, guidance_scale=wf["7"]["inputs"]["cfg"],
                            generator=torch.Generator().manual_seed(seed), output_type="pt",
                            max_sequence_length=m.text_tokens).frames[0]
     return video.permute(0, 2, 3, 1).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
@@ -157,12 +162,12 @@ def test_interrupt_leaves_the_model_unpatched_and_strength_zero_equals_stock(
     assert seen[-1]["type"] == "execution_interrupted"
     done = [m["data"]["value"] for m in seen if m["type"] == "progress" and m["data"]["node"] == "7"]
     assert done and max(done) < 400  # stopped inside the denoising loop
-    again = client.run(workflow(family, seed=21, num_blocks=1), timeout=600)
+    again = client.run(workflow(family, seed=21, masked_blocks=1), timeout=600)
     assert "7" not in cached_nodes(again)
     assert np.array_equal(frames_of(client, again), fresh)  # the next identical run equals a fresh one
     # Masking and guidance off after the interrupted masked run: the stock pipeline's video.
-    off = client.run(workflow(family, seed=23, self_strength=0.0, cross_strength=0.0, object_end=0.0,
-                              background_end=0.0), timeout=600)
+    off = client.run(workflow(family, seed=23, self_strength=0.0, cross_strength=0.0, object_clock=0.0,
+                              background_clock=0.0), timeout=600)
     _close(frames_of(client, off), _stock_frames(tiny_model_dir, family, 23, 2, 9))
 
 
@@ -174,7 +179,7 @@ def test_freeing_comfyui_memory_unloads_and_the_next_run_reloads(comfy_server, c
     client._request("POST", "/free", {"unload_models": True})
     time.sleep(1.5)  # the prompt worker applies the flag when it wakes
     log_size = comfy_server.log_path.stat().st_size
-    after = client.run(workflow(family, seed=31, num_blocks=1), timeout=600)
+    after = client.run(workflow(family, seed=31, masked_blocks=1), timeout=600)
     assert "10" in cached_nodes(after)  # the loaded model object is reused ...
     with comfy_server.log_path.open("rb") as log:
         log.seek(log_size)
@@ -241,8 +246,10 @@ def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient, server_models
     no_model = workflow(family)
     del no_model["7"]["inputs"]["video_model"]
     expect_error(client, no_model, "video_model: the diffusers backend needs a model")
-    bad_clock = workflow(family, object_end=0.1, background_end=0.5)
-    expect_error(client, bad_clock, "object_end: the object clock (0.1) ends before the background clock")
+    bad_clock = workflow(family, object_clock=0.1, background_clock=0.5)
+    expect_error(client, bad_clock, "object_clock: the object clock (0.1) ends before the background clock")
+    bad_window = workflow(family, start_percent=0.8, end_percent=0.2)
+    expect_error(client, bad_window, "end_percent: 0.2 is not between start_percent (0.8) and 1")
     # ... and the server still serves the next prompt.
     assert frames_of(client, client.run(workflow(family, seed=51), timeout=600)).shape[0] == 9
 

@@ -1,8 +1,10 @@
 """Make the UI-format (drag-and-drop) twin of an API-format workflow with the real frontend.
 
 ComfyUI's own frontend loads the API JSON (`app.loadApiJson`), the nodes are laid out in
-the columns given below, a note is added, and `app.graph.serialize()` is saved. Using the
-frontend guarantees the UI file is exactly what ComfyUI itself writes.
+the columns given below, a note is added, and `app.graph.serialize()` is saved. The API file
+is then rewritten from `app.graphToPrompt()`, so it lists every widget value the UI fills in
+(new optional inputs at their defaults) and the two stay identical node for node. Using the
+frontend guarantees both files are exactly what ComfyUI itself writes.
 Run: .venv/bin/python tools/make_ui_workflow.py workflows/X_api.json [--note TEXT]
 """
 
@@ -58,7 +60,8 @@ async ([api, note]) => {
   app.graph.setDirtyCanvas(true, true);
   // JSON.stringify drops undefined fields (evaluate() would turn them into nulls the
   // frontend's schema rejects).
-  return JSON.stringify(app.graph.serialize());
+  const prompt = (await app.graphToPrompt()).output;
+  return JSON.stringify({graph: app.graph.serialize(), prompt});
 }
 """
 
@@ -66,16 +69,24 @@ async ([api, note]) => {
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("api_workflow", type=Path)
-    parser.add_argument("--note", default="", help="markdown shown in a note node")
+    parser.add_argument("--note", default=None, help="markdown shown in a note node (default: the UI twin's current note)")
     options = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     api = json.loads(options.api_workflow.read_text())
     target = options.api_workflow.with_name(options.api_workflow.name.replace("_api.json", ".json"))
+    if options.note is None and target.exists():
+        notes = [n["widgets_values"][0] for n in json.loads(target.read_text())["nodes"]
+                 if n["type"] in ("MarkdownNote", "Note")]
+        options.note = notes[0] if notes else ""
     with tempfile.TemporaryDirectory(prefix="ttm-ui-") as base, ComfyServer(Path(base)) as server, \
             comfy_page(server.url) as page:
-        graph = json.loads(page.evaluate(LAYOUT_JS, [api, options.note]))
+        made = json.loads(page.evaluate(LAYOUT_JS, [api, options.note or ""]))
+    graph, prompt = made["graph"], made["prompt"]
+    if sorted(prompt) != sorted(api):
+        raise SystemExit(f"the frontend turned {sorted(api)} into {sorted(prompt)}")
     target.write_text(json.dumps(graph, indent=1) + "\n")
-    logging.info("wrote %s (%d nodes)", target, len(graph["nodes"]))
+    options.api_workflow.write_text(json.dumps({k: prompt[k] for k in sorted(prompt, key=int)}, indent=2) + "\n")
+    logging.info("wrote %s (%d nodes) and refreshed %s", target, len(graph["nodes"]), options.api_workflow.name)
     return 0
 
 

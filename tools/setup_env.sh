@@ -60,4 +60,15 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.
   "${pip[@]}" --no-deps -e .
   touch "$stamp"
 fi
+stamp="$venv/.ttm-sam2"
+if [ ! -f "$stamp" ] || [ requirements-sam2.txt -nt "$stamp" ]; then
+  # Meta's sam2 (an sdist): no build isolation (it would fetch its own torch), no dependencies
+  # (they would swap torch; hydra-core/iopath/omegaconf come from requirements.txt), no CUDA
+  # extension; pinned by hash.
+  # The build runs in this venv, so it needs a setuptools that builds wheels by itself (>= 70.1).
+  log "installing Meta's sam2 package (requirements-sam2.txt)"
+  "${pip[@]}" "setuptools>=70.1"
+  (export SAM2_BUILD_CUDA=0; "${pip[@]}" --no-deps --no-build-isolation --require-hashes -r requirements-sam2.txt)
+  touch "$stamp"
+fi
 log "environment ready: $venv"

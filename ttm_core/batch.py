@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import ComfyClient, ComfyError, ComfyUnreachable, PromptResult
+from .client import ComfyClient, ComfyError, ComfyUnreachable
 from .jobs import Job, JobError, apply_job, read_jobs, validate_jobs
 
 LOG = logging.getLogger(__name__)
@@ -250,8 +250,14 @@ class BatchRunner:
                 raise _JobFailed("interrupted on the server")
 
     def _collect(self, client: ComfyClient, prompt_id: str, job: Job) -> list[str]:
-        history = client.history(prompt_id) or {}
-        outputs = [f for f in PromptResult(prompt_id, "success", history).files() if f.type == "output"]
+        # ComfyUI sends execution_success before it files the prompt in /history: wait for the entry.
+        try:
+            result = client.wait(prompt_id, timeout=120)
+        except ComfyUnreachable:
+            raise
+        except ComfyError as err:
+            raise _JobFailed(f"finished, but its outputs could not be read: {err}") from None
+        outputs = [f for f in result.files() if f.type == "output"]
         folder = self.out_dir / job.id
         if folder.exists():  # an earlier attempt's files: replace, never duplicate
             shutil.rmtree(folder)
@@ -295,6 +301,10 @@ class BatchRunner:
                     continue
                 outcome = Outcome(task.job.id, task.job.line, "failed", server.url, attempts=task.attempt,
                                   error=str(err))
+            except Exception as err:  # noqa: BLE001 - a bug must end this job, not hang the whole run
+                LOG.exception("%s: unexpected error", task.job.id)
+                outcome = Outcome(task.job.id, task.job.line, "failed", server.url, attempts=task.attempt,
+                                  error=f"internal error: {err!r}")
             finally:
                 self._bars.job(slot, f"slot {slot + 1}: idle")
             self._record(outcome)
@@ -311,8 +321,9 @@ class BatchRunner:
             thread.start()
         try:
             while not self._all_recorded():
-                if not any(s.alive for s in self.servers) and not any(t.is_alive() for t in threads):
-                    self._fail_remaining("no server is answering any more")
+                if not any(t.is_alive() for t in threads):
+                    self._fail_remaining("no server is answering any more" if not any(s.alive for s in self.servers)
+                                         else "every worker stopped")
                     break
                 time.sleep(0.1)
         except KeyboardInterrupt:

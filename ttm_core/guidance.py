@@ -131,13 +131,15 @@ def noise_to(reference: torch.Tensor, noise: torch.Tensor, sigma: float, kind: s
 
 
 def pin(x: torch.Tensor, noised_reference: torch.Tensor, foreground: torch.Tensor, pin_objects: bool,
-        pin_background: bool) -> torch.Tensor:
+        pin_background: bool, frame_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Replace the pinned parts of ``x`` by the noised reference.
 
     Args:
         x, noised_reference: ``[B, C, F, H, W]`` latents.
         foreground: ``[F, H, W]`` in 0..1 (broadcast over batch and channels).
         pin_objects, pin_background: which clocks are still running.
+        frame_weight: optional ``[F]`` in 0..1 scaling the pin per latent frame (0 leaves a
+            frame alone, e.g. a start-image frame the sampler already pins).
     Returns:
         ``x`` itself when nothing is pinned, else x * (1 - m) + noised_reference * m.
     """
@@ -145,4 +147,6 @@ def pin(x: torch.Tensor, noised_reference: torch.Tensor, foreground: torch.Tenso
         return x
     fg = foreground.to(device=x.device, dtype=x.dtype)
     m = fg * float(pin_objects) + (1.0 - fg) * float(pin_background)
+    if frame_weight is not None:
+        m = m * frame_weight.to(device=x.device, dtype=x.dtype)[:, None, None]
     return x * (1.0 - m) + noised_reference * m

@@ -20,6 +20,7 @@ individual bad line is named by its number.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Iterable
@@ -95,6 +96,44 @@ def _json_candidates(answer: str) -> Iterable[str]:
         yield answer[start:end + 1]
 
 
+_TRAILING_COMMA = re.compile(r",(\s*[}\]])")
+_DECODER = json.JSONDecoder()
+_KEYS_MOTION = ("motion_prompt", "motion", "motion_specific_prompt")
+_KEYS_OBJECTS = ("objects", "local_prompts", "answer")
+
+
+def _load_candidate(text: str) -> object:
+    """JSON; failing that the same with trailing commas dropped, or a Python literal (single
+    quotes) - both unambiguous repairs of what LLMs often write. None when it is neither."""
+    for attempt in (text, _TRAILING_COMMA.sub(r"\1", text)):
+        try:
+            return json.loads(attempt)
+        except json.JSONDecodeError:
+            continue
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def _decompositions(answer: str) -> list[dict]:
+    """Every distinct JSON object in the answer that has a motion prompt or an object list."""
+    found: dict[str, dict] = {}
+
+    def keep(value: object) -> None:
+        if isinstance(value, dict) and any(k in value for k in _KEYS_MOTION + _KEYS_OBJECTS):
+            found.setdefault(json.dumps(value, sort_keys=True, default=str), value)
+
+    for candidate in _json_candidates(answer):
+        keep(_load_candidate(candidate))
+    for match in re.finditer(r"\{", answer):  # JSON objects anywhere in the prose
+        try:
+            keep(_DECODER.raw_decode(answer, match.start())[0])
+        except json.JSONDecodeError:
+            continue
+    return list(found.values())
+
+
 def _objects_from_json(value: object, answer: str) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     if isinstance(value, dict):
@@ -108,6 +147,9 @@ def _objects_from_json(value: object, answer: str) -> list[tuple[str, str]]:
         raise TTMInputError("llm_answer", f"'objects' is not a list in {_quote(answer)}",
                             "answer with \"objects\": [{\"name\": ..., \"prompt\": ...}]")
     for i, item in enumerate(value, start=1):
+        if isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(v, str) for v in item):
+            pairs.append((item[0], item[1]))  # ["name", "prompt"] pairs
+            continue
         if not isinstance(item, dict):
             raise TTMInputError("llm_answer", f"object {i} is not an object with name and prompt in {_quote(answer)}",
                                 "answer with \"objects\": [{\"name\": ..., \"prompt\": ...}]")
@@ -121,26 +163,31 @@ def _objects_from_json(value: object, answer: str) -> list[tuple[str, str]]:
 
 
 def _parse_json_answer(answer: str) -> tuple[str | None, list[tuple[str, str]]] | None:
-    for candidate in _json_candidates(answer):
-        try:
-            data = json.loads(candidate)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(data, dict):
-            continue
-        motion = next((data[k] for k in ("motion_prompt", "motion", "motion_specific_prompt") if k in data), None)
-        objects = next((data[k] for k in ("objects", "local_prompts", "answer") if k in data), None)
-        if motion is None and objects is None:
-            continue
-        if motion is not None and not isinstance(motion, str):
-            raise TTMInputError("llm_answer", f"the motion prompt is not text in {_quote(answer)}",
-                                "answer with \"motion_prompt\": \"...\"")
-        return motion, _objects_from_json(objects if objects is not None else [], answer)
-    return None
+    decompositions = _decompositions(answer)
+    if len(decompositions) > 1:
+        raise TTMInputError("llm_answer", f"the answer holds {len(decompositions)} different decompositions in "
+                            f"{_quote(answer)}", "keep exactly one JSON answer")
+    if not decompositions:
+        start = answer.find("{")
+        if start != -1 and re.search(r"[\"']motion", answer[start:]):
+            try:
+                json.loads(answer[start:])
+            except json.JSONDecodeError as err:
+                raise TTMInputError("llm_answer", f"the JSON answer is cut off or malformed ({err.msg} at line "
+                                    f"{err.lineno} column {err.colno}) in {_quote(answer)}",
+                                    "complete the JSON (for an LLM: raise max_new_tokens)") from None
+        return None
+    data = decompositions[0]
+    motion = next((data[k] for k in _KEYS_MOTION if k in data), None)
+    objects = next((data[k] for k in _KEYS_OBJECTS if k in data), None)
+    if motion is not None and not isinstance(motion, str):
+        raise TTMInputError("llm_answer", f"the motion prompt is not text in {_quote(answer)}",
+                            "answer with \"motion_prompt\": \"...\"")
+    return motion, _objects_from_json(objects if objects is not None else [], answer)
 
 
-_MOTION_LINE = re.compile(r"^\s*\**\s*motion(?:[- ]specific)?(?: prompt)?\s*\**\s*:\s*(.*)$", re.I)
-_ANSWER_LINE = re.compile(r"^\s*\**\s*(?:answer|objects|local prompts)\s*\**\s*:\s*(.*)$", re.I)
+_MOTION_LINE = re.compile(r"^\s*\**\s*motion(?:[- ]specific)?(?: prompt)?\s*\**\s*:\s*\**\s*(.*)$", re.I)
+_ANSWER_LINE = re.compile(r"^\s*\**\s*(?:answer|objects|local prompts)\s*\**\s*:\s*\**\s*(.*)$", re.I)
 _BRACKETED = re.compile(r"\[\s*([^\[\]]*?)\s*\]")
 
 
@@ -158,6 +205,11 @@ def _parse_text_answer(answer: str) -> tuple[str | None, list[tuple[str, str]]] 
         if a and not found_objects:
             found_objects = True
             rest = a.group(1).strip()
+            following = index + 1
+            while rest.count("[") > rest.count("]") and following < len(lines) \
+                    and not _MOTION_LINE.match(lines[following]):
+                rest += " " + lines[following].strip()  # a bracketed list continued on the next lines
+                following += 1
             if rest:
                 if rest.count("[") != rest.count("]"):
                     raise TTMInputError("llm_answer", f"unbalanced brackets in the answer line {rest!r}",

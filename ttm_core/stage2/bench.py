@@ -158,7 +158,7 @@ def size_rules_free():
     """Size rules without a fixed size (the benchmark's CogVideoX has rotary positions only)."""
     from .sizes import SizeRules
 
-    return SizeRules("CogVideoX-like", (16, 16), None, None, 4, True, 5, 512 * 512)
+    return SizeRules("CogVideoX-like", (16, 16), None, None, 4, True, 5)
 
 
 class PipelineBench:

@@ -66,7 +66,9 @@ class Stage2Settings:
         width, height, num_frames: the video to generate; 0 = automatic (``sizes.plan_frames``).
         self_strength, cross_strength: masked self- / cross-attention strengths in 0..1.
         num_blocks: K, the masked blocks from the input side; None = the family default.
-        clock: the dual clock (``guidance.DualClock``).
+        attention_window: (start, end) fractions of the denoising steps during which masked attention is
+            on: step i is masked when round(start * n) <= i < round(end * n); (0, 1) = every step.
+        clock: the dual clock (``guidance.DualClock``); None = no trajectory guidance.
         feather: soft-edge width (px) of the cut-and-drag reference.
     """
 
@@ -80,7 +82,8 @@ class Stage2Settings:
     self_strength: float = 1.0
     cross_strength: float = 1.0
     num_blocks: int | None = None
-    clock: DualClock = field(default_factory=DualClock)
+    attention_window: tuple[float, float] = (0.0, 1.0)
+    clock: DualClock | None = field(default_factory=DualClock)
     feather: float = 1.0
 
     def __post_init__(self) -> None:
@@ -92,11 +95,23 @@ class Stage2Settings:
             raise TTMInputError("cfg", f"guidance scale {self.cfg!r}", "use 1 (off) to 100, or 0 for the model's default")
         if not math.isfinite(self.feather) or self.feather < 0:
             raise TTMInputError("feather", f"feather {self.feather!r}", "use a width >= 0 px")
+        start, end = (float(v) for v in self.attention_window)
+        if not 0.0 <= start <= 1.0:
+            raise TTMInputError("start_percent", f"{start} is outside 0..1", "use a fraction of the steps, 0..1")
+        if not start <= end <= 1.0:
+            raise TTMInputError("end_percent", f"{end} is not between start_percent ({start}) and 1",
+                                "let masked attention end after it starts, at most at 1")
+        object.__setattr__(self, "attention_window", (start, end))
         self.attention_config()  # validates strengths and K with the masked-attention rules
 
     def attention_config(self) -> MaskedAttentionConfig:
         return MaskedAttentionConfig(mode="training_free", num_blocks=self.num_blocks,
                                      self_strength=self.self_strength, cross_strength=self.cross_strength)
+
+    def attention_steps(self, steps: int) -> range:
+        """The denoising steps (0-based) that run masked attention."""
+        start, end = self.attention_window
+        return range(round(start * steps), round(end * steps))
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,11 +165,8 @@ def size_rules(model: VideoModel) -> SizeRules:
         if config.use_learned_positional_embeddings:
             fixed_size = (config.sample_height * geometry.spatial_ratio, config.sample_width * geometry.spatial_ratio)
             fixed_frames = int(config.sample_frames)
-    height, width = family.default_size
-    if family.key == "wan2.1-i2v" and "720" in model.name:
-        height, width = 720, 1280  # Wan2.1-I2V-14B-720P
     return SizeRules(family.label, geometry.pixels_per_token, fixed_size, fixed_frames, geometry.temporal_ratio,
-                     family.frames_rule == CAUSAL_4K1, family.min_frames, height * width)
+                     family.frames_rule == CAUSAL_4K1, family.min_frames)
 
 
 # ------------------------------------------------------------------------------------ noise levels
@@ -214,8 +226,9 @@ class _Layout:
 class _DualClockRun:
     """The dual clock of one generation, hooked into a pipeline (see the module docstring)."""
 
-    def __init__(self, pipe: object, family: str, clock: DualClock, reference: torch.Tensor | None,
-                 foreground: torch.Tensor | None, progress: ProgressFn | None) -> None:
+    def __init__(self, pipe: object, family: str, clock: DualClock | None, reference: torch.Tensor | None,
+                 foreground: torch.Tensor | None, progress: ProgressFn | None,
+                 on_step: Callable[[int, int], None] | None = None) -> None:
         self.pipe = pipe
         self.scheduler = pipe.scheduler  # type: ignore[attr-defined]
         self.layout = _Layout(family)
@@ -223,6 +236,7 @@ class _DualClockRun:
         self.reference = reference  # [1, C, F, H, W] float32 or None (guidance off)
         self.foreground = foreground  # [F, H, W] or None
         self.progress = progress
+        self.on_step = on_step  # on_step(step, steps) before each denoising step (e.g. the attention window)
         self.kind = noise_kind(self.scheduler) if reference is not None else ""
         self.noise: torch.Tensor | None = None
         self.count = 0
@@ -236,6 +250,8 @@ class _DualClockRun:
             latents = out[0] if isinstance(out, tuple) else out
             self.total = len(self.scheduler.timesteps)
             self.count = 0
+            if self.on_step is not None:
+                self.on_step(0, self.total)
             if self.reference is None:
                 return out
             sigma0 = float(getattr(self.scheduler, "init_noise_sigma", 1.0))
@@ -265,6 +281,8 @@ class _DualClockRun:
                         out.prev_sample = pinned
             if self.progress is not None:
                 self.progress(done, total)
+            if self.on_step is not None and done < total:
+                self.on_step(done, total)
             return out
         return wrapped
 
@@ -283,7 +301,7 @@ class _DualClockRun:
     def _pin(self, x: torch.Tensor, step: int) -> torch.Tensor | None:
         """x pinned for denoising step ``step`` ([B, C, F, H, W]), or None when nothing is pinned."""
         sigma = noise_level(self.scheduler, step)
-        objects, background = self.clock.pins(step, self.total, sigma)
+        objects, background = self.clock.pins(step, self.total, sigma)  # type: ignore[union-attr]
         self.levels.append((sigma, objects, background))
         if not (objects or background):
             return None
@@ -405,7 +423,9 @@ def _pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def _will_pin(clock: DualClock, steps: int) -> bool:
+def _will_pin(clock: DualClock | None, steps: int) -> bool:
+    if clock is None:
+        return False
     if clock.units == "steps":
         return round(clock.object_end * steps) > 0 or round(clock.background_end * steps) > 0
     return True  # decided per step from the sigmas
@@ -458,16 +478,20 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
         texts += [PromptText(o.local_prompt, "prompts", f"the local prompt of {o.name!r}") for o in prompts.objects]
     check_lengths(model, texts)
     attention = settings.attention_config()
-    masking = not plain and attention.num_blocks != 0 and (attention.self_strength > 0 or attention.cross_strength > 0)
+    window = settings.attention_steps(steps)
+    masking = not plain and attention.num_blocks != 0 and len(window) > 0 and (
+        attention.self_strength > 0 or attention.cross_strength > 0)
     guiding = not plain and _will_pin(settings.clock, steps)
     if plain:
         notes.insert(0, "no objects: plain image-to-video sampling with the global prompt (no masked attention, no "
                         "trajectory guidance)")
     else:
         if not masking:
-            notes.append("masked attention is off (strengths 0 or K = 0)")
+            notes.append("masked attention is off (strengths 0, K = 0 or an empty step window)")
+        elif len(window) < steps:
+            notes.append(f"masked attention runs in steps {window.start + 1}..{window.stop} of {steps}")
         if not guiding:
-            notes.append("trajectory guidance is off (both clocks end at step 0)")
+            notes.append("trajectory guidance is off" + (" (both clocks end at step 0)" if settings.clock else ""))
     groups = model.component_groups()
 
     if prepare is not None:
@@ -482,7 +506,14 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
     reference = foreground = None
     if guiding:
         reference, foreground = guidance_inputs(model, image, trajectory, plan, settings.feather)
-    clock = _DualClockRun(model.pipeline, family.key, settings.clock, reference, foreground, progress)
+    switches: list[object] = []  # the masked-attention state, once installed
+
+    def attention_window(step: int, total: int) -> None:
+        for state in switches:
+            state.enabled = step in settings.attention_steps(total)  # type: ignore[attr-defined]
+
+    clock = _DualClockRun(model.pipeline, family.key, settings.clock, reference, foreground, progress,
+                          attention_window)
 
     first = fit_frames(image[None], plan)[0]
     kwargs: dict[str, object] = dict(
@@ -500,6 +531,7 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
         if masking:
             masked_plan = attention_plan(model, trajectory, plan, encoded.local, attention)
             state = stack.enter_context(masked_attention(model.pipeline, masked_plan))
+            switches.append(state)
             if family.key.startswith("wan"):
                 stack.enter_context(_wan_cfg_rows(model, state, encoded.negative_embeds))
             elif do_cfg:

@@ -7,8 +7,8 @@ learned positional embeddings were trained for 720 x 480 px, 49 frames). ``plan_
 what the user has (the image, the trajectory's frames and fps) and asks for (0 = automatic) into a
 legal ``FramePlan`` and says, in plain words, everything it changed:
 
-* size: automatic = the image's aspect ratio at the family's trained pixel area, rounded down to
-  the grid; asked sizes are rounded down to the grid; fixed-size families use their size.
+* size: automatic = the image's size, rounded down to the grid (as the comfy backend and ComfyUI's
+  own Wan nodes do); asked sizes are rounded down to the grid; fixed-size families use their size.
   When the aspect ratio changes, the image is centre-cropped to it first (never stretched).
 * frames: automatic = the trajectory's frame count, rounded down to the rule (the same rounding
   diffusers' Wan pipeline applies); fixed-length families use their length. The trajectory and
@@ -27,7 +27,7 @@ from einops import rearrange
 
 from ..errors import TTMInputError
 
-MAX_SIDE = 4096
+MAX_SIDE = 8192
 """Largest width or height accepted (far above what any supported model was trained at)."""
 
 
@@ -43,7 +43,6 @@ class SizeRules:
         temporal_ratio: frames per latent frame (4 for the causal video VAEs, 1 for UNets).
         causal: frames must be 1 + temporal_ratio * k.
         min_frames: the fewest frames.
-        default_area: pixels per frame of the automatic size.
     """
 
     label: str
@@ -53,10 +52,9 @@ class SizeRules:
     temporal_ratio: int
     causal: bool
     min_frames: int
-    default_area: int
 
     def __post_init__(self) -> None:
-        if min(self.multiple) < 1 or self.temporal_ratio < 1 or self.min_frames < 1 or self.default_area < 1:
+        if min(self.multiple) < 1 or self.temporal_ratio < 1 or self.min_frames < 1:
             raise ValueError(f"invalid size rules {self}")
 
     def legal_frames(self, frames: int) -> int:
@@ -157,11 +155,10 @@ def plan_frames(rules: SizeRules, source_size: tuple[int, int], source_frames: i
             notes.append(f"{width}x{height} was rounded down to {out_w}x{out_h} (multiples of "
                          f"{rules.multiple[1]}x{rules.multiple[0]} px for {rules.label})")
     else:
-        scale = math.sqrt(rules.default_area / (src_h * src_w))
-        out_h, out_w = rules.snap(round(src_h * scale), round(src_w * scale))
+        out_h, out_w = rules.snap(src_h, src_w)
         if (out_h, out_w) != (src_h, src_w):
-            notes.append(f"the {src_w}x{src_h} image is generated at {out_w}x{out_h} ({rules.label}'s trained "
-                         f"pixel area, multiples of {rules.multiple[1]}x{rules.multiple[0]} px)")
+            notes.append(f"the {src_w}x{src_h} image is generated at {out_w}x{out_h} (multiples of "
+                         f"{rules.multiple[1]}x{rules.multiple[0]} px for {rules.label})")
     crop = _centre_crop(src_h, src_w, out_w / out_h)
     y0, x0, y1, x1 = crop
     if (y1 - y0, x1 - x0) != (src_h, src_w):
