@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from ._models import register_model_folders
 from .llm_nodes import LLMEndpoint, LLMLoader
+from .model_nodes import VideoModelLoader
 from .motion_nodes import ImageToMotion
 from .object_nodes import ObjectsFromMasks
 from .patch_nodes import PatchModel
@@ -26,6 +27,7 @@ NODES: list[type[io.ComfyNode]] = [
     DetectorLoader,
     LLMLoader,
     LLMEndpoint,
+    VideoModelLoader,
 ]
 
 

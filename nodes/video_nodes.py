@@ -16,18 +16,20 @@ from ..ttm_core.errors import TTMInputError
 from ..ttm_core.guidance import CLOCK_UNITS
 from ..ttm_core.media import FORMATS, encode_video, split_prefix
 from ..ttm_core.warp import cut_and_drag
-from . import comfy_stage2
+from . import comfy_stage2, stage2_diffusers
 from ._common import CATEGORY, Trajectory, check_combo, progress_callback
 from .patch_nodes import patch_inputs, settings_from
 
-STAGE2_BACKENDS = ("warp", "comfy")
+STAGE2_BACKENDS = ("warp", "comfy", "diffusers")
 COMFY_ONLY = "comfy backend: "
+BOTH = "comfy and diffusers backends: "
 
 
 def _optional(inputs: list[io.Input]) -> list[io.Input]:
     for item in inputs:
         item.optional = True
-        item.tooltip = COMFY_ONLY + (item.tooltip or "")
+        prefix = BOTH if item.id in stage2_diffusers.SHARED_INPUTS else COMFY_ONLY
+        item.tooltip = prefix + (item.tooltip or "")
     return inputs
 
 
@@ -39,7 +41,8 @@ class MaskedMotionToVideo(io.ComfyNode):
             display_name="Masked Motion To Video (Through-The-Mask)",
             category=CATEGORY,
             description="Stage 2: the video from the first frame and the mask trajectory. The warp backend is "
-                        "the model-free cut-and-drag animation (objects moved, revealed background inpainted).",
+                        "the model-free cut-and-drag animation (objects moved, revealed background inpainted); "
+                        "the comfy and diffusers backends render it with a video model.",
             inputs=[
                 io.Image.Input("image", tooltip="The first frame x(0); the first image of a batch is used."),
                 Trajectory.Input("trajectory", tooltip="The mask trajectory from Image To Motion."),
@@ -47,7 +50,8 @@ class MaskedMotionToVideo(io.ComfyNode):
                                tooltip="warp: cut-and-drag animation, no model needed (also the reference the "
                                        "diffusion backends start from). comfy: your native Wan model (model, "
                                        "clip, vae) patched with masked attention and dual-clock guidance, sampled "
-                                       "by ComfyUI."),
+                                       "by ComfyUI. diffusers: a diffusers-format model from Video Model Loader "
+                                       "(video_model), with the same masked attention and guidance."),
                 io.Float.Input("feather", default=1.0, min=0.0, max=32.0, step=0.1,
                                tooltip="Soft-edge width (Gaussian sigma, pixels) of the moved objects; 0 = hard."),
                 *_optional([
@@ -77,6 +81,7 @@ class MaskedMotionToVideo(io.ComfyNode):
                                    tooltip="With model_2: the fraction of steps the high-noise expert runs."),
                     *patch_inputs(),
                 ]),
+                *stage2_diffusers.optional_inputs(),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="The video frames [T, H, W, 3]."),
@@ -96,13 +101,23 @@ class MaskedMotionToVideo(io.ComfyNode):
         return True
 
     @classmethod
+    def check_lazy_status(cls, backend=None, **inputs) -> list[str]:
+        return stage2_diffusers.lazy_inputs(backend, inputs)
+
+    @classmethod
     def execute(cls, image: torch.Tensor, trajectory, backend: str, feather: float, model=None, clip=None, vae=None,
                 model_2=None, clip_vision=None, negative_prompt: str = "", width: int = 0, height: int = 0,
                 length: int = 0, seed: int = 0, steps: int = 30, cfg: float = 5.0, sampler_name: str = "euler",
                 scheduler: str = "simple", expert_switch: float = 0.5, masked_blocks: int = 0,
                 self_strength: float = 1.0, cross_strength: float = 1.0, start_percent: float = 0.0,
                 end_percent: float = 1.0, guidance: bool = True, object_clock: float = 0.3,
-                background_clock: float = 0.1, clock_units: str = "steps") -> io.NodeOutput:
+                background_clock: float = 0.1, clock_units: str = "steps", video_model=None,
+                prompts=None) -> io.NodeOutput:
+        if backend == "diffusers":
+            return stage2_diffusers.run(
+                cls.hidden.unique_id, image, trajectory, feather, video_model, prompts, negative_prompt, width, height,
+                length, seed, steps, cfg, masked_blocks, self_strength, cross_strength, start_percent, end_percent,
+                guidance, object_clock, background_clock, clock_units)
         if backend == "warp":
             frames = cut_and_drag(image[0], trajectory, feather, progress=progress_callback(cls.hidden.unique_id))
             return io.NodeOutput(frames, float(trajectory.fps))

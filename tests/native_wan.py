@@ -150,6 +150,42 @@ def set_seed(graph: dict, seed: int) -> dict:
     return graph
 
 
+
+# The real files a user has -> the tiny fixtures with the same role (the shipped workflows name the former).
+TINY_FILES = {
+    "wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors": FIXTURES["wan21_i2v"].filename,
+    "wan2.2_ti2v_5B_fp16.safetensors": FIXTURES["wan22_ti2v"].filename,
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": FIXTURES["clip_l"].filename,
+    "wan_2.1_vae.safetensors": FIXTURES["wan21_vae"].filename,
+    "wan2.2_vae.safetensors": FIXTURES["wan22_vae"].filename,
+    "clip_vision_h.safetensors": FIXTURES["clip_vision_h"].filename,
+}
+TINY_SIZE, TINY_FRAMES = (128, 96), 9
+
+
+def tiny_workflow(graph: dict, prefix: str, seed: int = 42, steps: int = 2, size: tuple[int, int] = TINY_SIZE,
+                  fmt: str = "png") -> dict:
+    """A shipped native Wan workflow (API format, changed in place) on the tiny files.
+
+    Small size (width, height), ``TINY_FRAMES`` frames, few steps, the given output format and prefix.
+    """
+    for node in graph.values():
+        inputs = node["inputs"]
+        for key in ("unet_name", "clip_name", "vae_name"):
+            if inputs.get(key) in TINY_FILES:
+                inputs[key] = TINY_FILES[inputs[key]]
+        if node["class_type"] == "CLIPLoader":
+            inputs["type"] = "sd3"  # ComfyUI only loads a full-size umT5 as "wan" (docs/NATIVE_WAN_FIXTURES.md)
+        if node["class_type"] in ("WanImageToVideo", "TTM_MaskedMotionToVideo"):
+            inputs["width"], inputs["height"], inputs["length"] = size[0], size[1], TINY_FRAMES
+        if node["class_type"] == "TTM_ImageToMotion":
+            inputs["num_frames"] = TINY_FRAMES
+        if "seed" in inputs and "steps" in inputs and not isinstance(inputs["seed"], list):
+            inputs["seed"], inputs["steps"] = seed, steps
+        if node["class_type"] == "TTM_VideoCombine":
+            inputs["format"], inputs["filename_prefix"] = fmt, prefix
+    return graph
+
 @dataclass(frozen=True)
 class TimedRun:
     """A finished prompt, with the seconds each executed node took (from the websocket) and in all."""

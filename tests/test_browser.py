@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import uuid
@@ -11,11 +12,24 @@ import av
 import pytest
 
 from _support import WORKFLOWS
+from native_wan import TINY_FRAMES, TINY_SIZE, tiny_workflow
+from stage2_support import server_models, tiny_model_dir  # noqa: F401 (fixtures)
 from tools.browser import comfy_page
 from ttm_core.client import ComfyClient
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 UI_WORKFLOWS = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith("_api.json"))
+# Workflows of the diffusers backend name the real model folders; before queueing from the page the test
+# swaps in a tiny random model of the same family (widget values per node type) and expects its frame count;
+# native Wan workflows get the tiny native checkpoints (native_wan.tiny_workflow) and run on the native server.
+DIFFUSERS_SWAPS = {
+    "ttm_cogvideox_i2v.json": ({"TTM_VideoModelLoader": {"model": "tiny/cogvideox-1.0-i2v"},
+                                "TTM_ImageToMotion": {"num_frames": 9},
+                                "TTM_MaskedMotionToVideo": {"steps": 2}}, 9),
+    "ttm_i2vgen_xl.json": ({"TTM_VideoModelLoader": {"model": "tiny/i2vgen-xl"},
+                            "TTM_ImageToMotion": {"num_frames": 4},
+                            "TTM_MaskedMotionToVideo": {"steps": 2, "width": 64, "height": 64}}, 4),
+}
 
 LOAD_JS = """
 async (graph) => {
@@ -35,7 +49,8 @@ def problem_dialogs(dialogs: list[str]) -> list[str]:
 
 
 def test_there_are_ui_workflows() -> None:
-    assert [p.name for p in UI_WORKFLOWS] == ["ttm_sam2_llm.json", "ttm_warp_paths.json"]
+    assert [p.name for p in UI_WORKFLOWS] == ["ttm_cogvideox_i2v.json", "ttm_i2vgen_xl.json", "ttm_sam2_llm.json",
+                                              "ttm_wan21_i2v_patch.json", "ttm_wan22_ti2v.json", "ttm_warp_paths.json"]
     for path in UI_WORKFLOWS:
         assert path.with_name(path.stem + "_api.json").exists(), f"{path.name} has no API-format twin"
 
@@ -55,13 +70,60 @@ def fit_view(page) -> None:
     page.wait_for_timeout(300)
 
 
+def tiny_swaps(path: Path, api: dict) -> tuple[dict[str, dict], int, bool]:
+    """The widget values to change before queueing ``path`` from the page, per node id.
+
+    Returns (swaps, expected frame count, whether it needs the native Wan server). Workflows that
+    name real model files get the tiny random models of the same family instead.
+    """
+    if path.name.startswith("ttm_wan2"):  # native Wan: the tiny ComfyUI checkpoints; TI2V small (full-size VAE)
+        size = (64, 64) if "ti2v" in path.name else TINY_SIZE
+        tiny = tiny_workflow(copy.deepcopy(api), "unused", size=size, fmt="mp4")
+        swaps = {node_id: {key: value for key, value in node["inputs"].items()
+                           if key != "filename_prefix" and value != api[node_id]["inputs"][key]}
+                 for node_id, node in tiny.items()}
+        return {k: v for k, v in swaps.items() if v}, TINY_FRAMES, True
+    motion = next(node for node in api.values() if node["class_type"] == "TTM_ImageToMotion")
+    by_type, frames = DIFFUSERS_SWAPS.get(path.name, ({}, motion["inputs"]["num_frames"]))
+    swaps = {node_id: dict(by_type[node["class_type"]]) for node_id, node in api.items()
+             if node["class_type"] in by_type}
+    return swaps, frames, False
+
+
+def wait_for_entry(client: ComfyClient, before: set[str], page) -> dict:
+    """The history entry of the prompt queued from the page; fails fast when none was queued or it failed."""
+    deadline = time.monotonic() + 600
+    queued_by = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        history = client._request("GET", "/history") or {}
+        for prompt_id in set(history) - before:
+            status = history[prompt_id].get("status", {})
+            if status.get("status_str") == "error":
+                raise AssertionError(f"the prompt queued from the page failed: {status.get('messages')}")
+            if status.get("completed"):
+                return history[prompt_id]
+        queue = client._request("GET", "/queue") or {}
+        if not (set(history) - before) and not (queue.get("queue_running") or queue.get("queue_pending")) \
+                and time.monotonic() > queued_by:
+            dialogs = page.evaluate("() => [...document.querySelectorAll('.p-dialog, .p-toast-message')]"
+                                    ".map((d) => d.innerText)")
+            raise AssertionError(f"nothing was queued from the page; the page shows {dialogs}")
+        time.sleep(0.5)
+    raise AssertionError("the prompt queued from the page did not finish in 600 s")
+
+
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
-def test_ui_workflow_loads_matches_api_twin_and_runs(comfy_server, client: ComfyClient, artifacts: Path,
+def test_ui_workflow_loads_matches_api_twin_and_runs(request: pytest.FixtureRequest, artifacts: Path,
                                                      path: Path) -> None:
     graph = json.loads(path.read_text())
     api = json.loads(path.with_name(path.stem + "_api.json").read_text())
+    swaps, frames, native = tiny_swaps(path, api)
+    server = request.getfixturevalue("native_wan_server" if native else "comfy_server")
+    if any(node["class_type"] == "TTM_VideoModelLoader" for node in api.values()):
+        request.getfixturevalue("server_models")
+    client = ComfyClient(server.url, timeout=120)
     prefix = f"ttm/browser_{uuid.uuid4().hex[:8]}"
-    with comfy_page(comfy_server.url) as page:
+    with comfy_page(server.url) as page:
         state = page.evaluate(LOAD_JS, graph)
         assert not problem_dialogs(state["dialogs"]), state["dialogs"]
         assert state["unregistered"] == []
@@ -74,28 +136,27 @@ def test_ui_workflow_loads_matches_api_twin_and_runs(comfy_server, client: Comfy
 
         # Queue from the page, as an artist would, with a fresh prefix so nothing is cached.
         before = set(client._request("GET", "/history") or {})
-        page.evaluate("""async (prefix) => {
+        page.evaluate("""async ([prefix, swaps]) => {
             const node = app.graph.nodes.find((n) => n.type === 'TTM_VideoCombine');
             node.widgets.find((w) => w.name === 'filename_prefix').value = prefix;
+            for (const [id, values] of Object.entries(swaps)) {
+              const target = app.graph.getNodeById(Number(id));
+              for (const [name, value] of Object.entries(values)) {
+                const widget = target.widgets.find((w) => w.name === name);
+                if (!widget) throw new Error(`node ${id} (${target.type}) has no widget ${name}`);
+                widget.value = value;
+              }
+            }
             await app.queuePrompt(0, 1);
-        }""", prefix)
-        deadline = time.monotonic() + 300
-        entry = None
-        while time.monotonic() < deadline and entry is None:
-            history = client._request("GET", "/history") or {}
-            for prompt_id in set(history) - before:
-                if history[prompt_id].get("status", {}).get("completed"):
-                    entry = history[prompt_id]
-            time.sleep(0.5)
-        assert entry is not None, "the prompt queued from the page did not finish"
+        }""", [prefix, swaps])
+        entry = wait_for_entry(client, before, page)
         page.wait_for_timeout(1000)
         fit_view(page)
         page.screenshot(path=str(artifacts / f"ui_{path.stem}_ran.png"))
     videos = [item for output in entry["outputs"].values() for item in output.get("images", [])
               if item["filename"].endswith(".mp4")]
     assert len(videos) == 1 and videos[0]["filename"].startswith(prefix.split("/")[1])
-    file = comfy_server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"]
+    file = server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"]
     with av.open(str(file)) as container:
         count = sum(1 for _ in container.decode(video=0))
-    motion = next(node for node in api.values() if node["class_type"] == "TTM_ImageToMotion")
-    assert count == motion["inputs"]["num_frames"]
+    assert count == frames

@@ -13,41 +13,16 @@ import pytest
 from PIL import Image
 
 from _support import load_workflow
-from native_wan import FIXTURES
+from native_wan import FIXTURES, TINY_FRAMES, TINY_SIZE, tiny_workflow
 from ttm_core.client import ComfyClient
 
 pytestmark = pytest.mark.server
-# The real files a user has -> the tiny fixtures with the same role.
-TINY_FILES = {
-    "wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors": FIXTURES["wan21_i2v"].filename,
-    "wan2.2_ti2v_5B_fp16.safetensors": FIXTURES["wan22_ti2v"].filename,
-    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": FIXTURES["clip_l"].filename,
-    "wan_2.1_vae.safetensors": FIXTURES["wan21_vae"].filename,
-    "wan2.2_vae.safetensors": FIXTURES["wan22_vae"].filename,
-    "clip_vision_h.safetensors": FIXTURES["clip_vision_h"].filename,
-}
-SIZE, FRAMES = (128, 96), 9
+SIZE, FRAMES = TINY_SIZE, TINY_FRAMES
 
 
 def tiny(name: str, prefix: str, seed: int = 42, steps: int = 2, size: tuple[int, int] = SIZE) -> dict:
     """A shipped workflow on the tiny models: small size, few frames and steps, png output."""
-    graph = load_workflow(name)
-    for node in graph.values():
-        inputs = node["inputs"]
-        for key in ("unet_name", "clip_name", "vae_name"):
-            if inputs.get(key) in TINY_FILES:
-                inputs[key] = TINY_FILES[inputs[key]]
-        if node["class_type"] == "CLIPLoader":
-            inputs["type"] = "sd3"  # ComfyUI only loads a full-size umT5 as "wan" (docs/NATIVE_WAN_FIXTURES.md)
-        if node["class_type"] in ("WanImageToVideo", "TTM_MaskedMotionToVideo"):
-            inputs["width"], inputs["height"], inputs["length"] = size[0], size[1], FRAMES
-        if node["class_type"] == "TTM_ImageToMotion":
-            inputs["num_frames"] = FRAMES
-        if "seed" in inputs and not isinstance(inputs["seed"], list):
-            inputs["seed"], inputs["steps"] = seed, steps
-        if node["class_type"] == "TTM_VideoCombine":
-            inputs["format"], inputs["filename_prefix"] = "png", prefix
-    return graph
+    return tiny_workflow(load_workflow(name), prefix, seed=seed, steps=steps, size=size)
 
 
 def frames_of(client: ComfyClient, result) -> np.ndarray:

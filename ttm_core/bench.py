@@ -3,6 +3,9 @@
 Subcommands:
     attention   masked self-attention on CPU: dense SDPA vs the naive boolean-mask path vs the
                 grouped path of ``ttm_core.attention`` (time, memory, exactness).
+    stage2      Stage 2 through diffusers on a CogVideoX-like model (8192 video tokens): one
+                denoising step and the whole one-step call, ours vs the stock pipeline
+                (``ttm_core.stage2.bench``).
 
 Later issues add subcommands (e.g. ``stage2``) by writing a ``_<name>_command`` function and
 registering it in ``_SUBCOMMANDS``.
@@ -322,9 +325,30 @@ def _attention_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage2_command(args: argparse.Namespace) -> int:
+    from .stage2.bench import Stage2Case, format_report, run_stage2_benchmark
+
+    case = Stage2Case(height=args.size, width=args.size, frames=args.frames, layers=args.layers)
+    report = run_stage2_benchmark(case, args.rounds, args.pipeline_rounds, args.threads, memory=not args.no_memory,
+                                  pipeline=not args.no_pipeline)
+    sys.stdout.write(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        sys.stdout.write(f"wrote {args.json}\n")
+    return 0
+
+
+def _stage2_memory_command(_: argparse.Namespace) -> int:
+    from .stage2.bench import memory_command
+
+    return memory_command()
+
+
 _SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "attention": _attention_command,
     "_memory": _memory_command,
+    "stage2": _stage2_command,
+    "_stage2_memory": _stage2_memory_command,
 }
 
 
@@ -343,6 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 "0.25,0.15,0.1,0.1)")
     attention.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     sub.add_parser("_memory", help=argparse.SUPPRESS)
+    stage2 = sub.add_parser("stage2", help="Stage 2 through diffusers: ours vs the stock pipeline (CPU)")
+    stage2.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    stage2.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the step (default 7)")
+    stage2.add_argument("--pipeline-rounds", type=int, default=2,
+                        help="interleaved rounds of the whole one-step call (default 2)")
+    stage2.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    stage2.add_argument("--size", type=int, default=512, help="frame width and height in px (default 512)")
+    stage2.add_argument("--frames", type=int, default=29, help="frames, 1 + 4k (default 29: 8 latent frames)")
+    stage2.add_argument("--layers", type=int, default=4, help="transformer blocks (default 4; K = a quarter)")
+    stage2.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    stage2.add_argument("--no-pipeline", action="store_true", help="only the denoising step")
+    sub.add_parser("_stage2_memory", help=argparse.SUPPRESS)
     return parser
 
 

@@ -28,7 +28,7 @@ from .errors import TTMInputError
 from .types import Trajectory
 
 CLOCK_UNITS = ("steps", "sigma")
-NOISING = ("flow", "ve")
+NOISING = ("flow", "ve", "vp")
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,23 @@ def latent_foreground(trajectory: Trajectory, geometry: VideoGeometry, num_frame
     Uses the family's VAE mapping (causal 1 + 4k frames, spatial ratio) without the patch
     embedding: the same frame and area mapping as the token grids, one level finer.
     """
+    return labels_foreground(trajectory.labels, trajectory.objects.ids, geometry, num_frames, height, width,
+                             trajectory.depth_order)
+
+
+def labels_foreground(labels: torch.Tensor, object_ids: tuple[int, ...], geometry: VideoGeometry, num_frames: int,
+                      height: int, width: int, depth_order: tuple[int, ...] = ()) -> torch.Tensor:
+    """``latent_foreground`` of a bare label video (e.g. a trajectory cropped to another aspect ratio).
+
+    Args:
+        labels: uint8 ``[T, H0, W0]`` (0 = background), resampled to the video like the token grids.
+        object_ids: the objects' label values.
+    Returns:
+        float32 ``[F_lat, H_lat, W_lat]`` in 0..1.
+    """
     latent = VideoGeometry(f"{geometry.name} latent", geometry.temporal_ratio, geometry.causal,
                            geometry.spatial_ratio, (1, 1, 1), False, False)
-    grid = token_grid_from_labels(trajectory.labels, trajectory.objects.ids, latent, num_frames, height, width,
-                                  trajectory.depth_order)
+    grid = token_grid_from_labels(labels, object_ids, latent, num_frames, height, width, depth_order)
     return (1.0 - grid.fractions[0]).clamp(0.0, 1.0)
 
 
@@ -101,12 +114,19 @@ def noise_to(reference: torch.Tensor, noise: torch.Tensor, sigma: float, kind: s
     """The reference latent at noise level ``sigma``.
 
     ``flow`` (rectified flow: Wan, ComfyUI's CONST models): sigma * noise + (1 - sigma) * x0;
-    ``ve`` (k-diffusion / EDM sigmas): x0 + sigma * noise.
+    ``ve`` (k-diffusion / EDM sigmas): x0 + sigma * noise;
+    ``vp`` (DDPM / DDIM schedulers: CogVideoX, I2VGen-XL), with sigma the noise's standard deviation
+    sqrt(1 - alpha_bar) in 0..1: sqrt(1 - sigma^2) * x0 + sigma * noise (defined at zero terminal
+    SNR too, where sigma = 1).
     """
     if kind == "flow":
         return noise * sigma + reference * (1.0 - sigma)
     if kind == "ve":
         return reference + noise * sigma
+    if kind == "vp":
+        if not 0.0 <= sigma <= 1.0:
+            raise ValueError(f"a vp noise level is a standard deviation in 0..1, got {sigma}")
+        return noise * sigma + reference * math.sqrt(1.0 - sigma * sigma)
     raise ValueError(f"unknown noising {kind!r}; use one of {NOISING}")
 
 

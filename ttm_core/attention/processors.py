@@ -295,32 +295,44 @@ class CogVideoXJointProcessor(_MaskedProcessor):
         if image_rotary_emb is not None:
             q = torch.cat([q[:, :, :text_len], _cog_rope(q[:, :, text_len:], image_rotary_emb)], dim=2)
             k = torch.cat([k[:, :, :text_len], _cog_rope(k[:, :, text_len:], image_rotary_emb)], dim=2)
-        k_all, v_all = k, v
+        k_local = v_local = None
         if b:
             local = self._local_tokens(batch, hidden_states)
             k_local = rearrange(attn.to_k(local), "b m (h d) -> b h m d", h=attn.heads)
             if attn.norm_k is not None:
                 k_local = attn.norm_k(k_local)
             v_local = rearrange(attn.to_v(local), "b m (h d) -> b h m d", h=attn.heads)
-            k_all, v_all = torch.cat([k, k_local], dim=2), torch.cat([v, v_local], dim=2)
 
         def corners(select: torch.Tensor | None, cross_on: bool) -> torch.Tensor:
             pick = (lambda t: t) if select is None else (lambda t: t.index_select(0, select))
+            rows_q, rows_k, rows_v = pick(q), pick(k), pick(v)
             total = None
             for (self_on, with_cross), weight in _corner_weights(a, b if cross_on else 0.0).items():
                 if not self_on and not with_cross:
-                    part = sdpa(pick(q), pick(k), pick(v))
+                    part = sdpa(rows_q, rows_k, rows_v)
                 else:
                     plan = self.state.joint_plan(text_len, num_video, self_on, with_cross)
-                    keys, values = (k_all, v_all) if with_cross else (k, v)
-                    part = partitioned_attention(pick(q), pick(keys), pick(values), plan, backend=self.state.backend)
-                total = part * weight if total is None else total + part * weight
+                    keys, values = rows_k, rows_v
+                    if with_cross:  # [text ; video ; local prompts], built for the selected rows only
+                        keys = torch.cat([rows_k, pick(k_local)], dim=2)
+                        values = torch.cat([rows_v, pick(v_local)], dim=2)
+                    part = partitioned_attention(rows_q, keys, values, plan, backend=self.state.backend)
+                    del keys, values
+                part = part if weight == 1.0 else part * weight
+                total = part if total is None else total + part
             return total
 
         if rows is None:
             out = corners(None, True)
-        else:
-            out = corners(None, False).index_copy(0, rows, corners(rows, True))
+        else:  # each classifier-free-guidance half computed once: local prompts on the `rows` only
+            keep = torch.ones(batch, dtype=torch.bool, device=rows.device)
+            keep[rows] = False
+            others = keep.nonzero().flatten()
+            cross_part = corners(rows, True)
+            out = cross_part.new_empty(batch, *cross_part.shape[1:]).index_copy_(0, rows, cross_part)
+            del cross_part
+            if others.numel():
+                out.index_copy_(0, others, corners(others, False))
         out = attn.to_out[1](attn.to_out[0](rearrange(out, "b h n d -> b n (h d)")))
         text_out, video_out = out.split([text_len, num_video], dim=1)
         return video_out, text_out
