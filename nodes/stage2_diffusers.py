@@ -16,7 +16,6 @@ import logging
 
 import torch
 from comfy_api.latest import io, ui
-from server import PromptServer
 
 from ..ttm_core.errors import TTMInputError
 from ..ttm_core.guidance import DualClock
@@ -103,5 +102,7 @@ def run(node_id: str | None, image: torch.Tensor, trajectory: Trajectory, feathe
                f"{result.plan.num_frames} frames at {result.fps:.4g} fps")
     text = "\n".join([summary, *result.notes])
     if node_id is not None:  # shown on the node in the frontend; the same text is in /history as UI text
+        from server import PromptServer  # here, not at import: the pack must also load outside a running server
+
         PromptServer.instance.send_progress_text(text, node_id)
     return io.NodeOutput(result.frames, float(result.fps), ui=ui.PreviewText(text))
