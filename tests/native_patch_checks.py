@@ -249,6 +249,12 @@ def check_bad_input(s: Setup) -> dict:
         state = s.native_wan.patch_wan(s.model, s.clip, s.trajectory, s.settings(clock=s.guidance.DualClock()),
                                        s.vae, s.image, wide_latent)[2]
         results["resampled_reference_shape"] = list(state.reference.shape)
+        batch, channels, _, height, width = s.latent["samples"].shape
+        long_latent = s.torch.zeros(batch, channels, 5, height, width)  # 17 frames for the 9-frame trajectory
+        state = s.native_wan.patch_wan(s.model, s.clip, s.trajectory, s.settings(clock=s.guidance.DualClock()),
+                                       s.vae, s.image, long_latent)[2]
+        results["longer_reference_shape"] = list(state.reference.shape)
+        results["latent_shape"] = list(s.latent["samples"].shape)
     finally:
         logging.getLogger("ttm_pack").removeHandler(handler)
     results["log"] = records

@@ -80,3 +80,6 @@ def test_bad_input_and_edge_cases(checks: dict) -> None:
     assert any("no object is in view" in line for line in r["log"])
     assert r["resampled_reference_shape"] == [1, 16, 3, 8, 16]  # 128x64: the trajectory was cropped to 2:1
     assert any("centre crop" in line for line in r["log"])
+    # A 17-frame video for the 9-frame trajectory: frames matched by nearest index, said in the log.
+    assert r["longer_reference_shape"] == [*r["latent_shape"][:2], 5, *r["latent_shape"][3:]]
+    assert any("9-frame trajectory to a" in line and ", 17-frame video" in line for line in r["log"])
