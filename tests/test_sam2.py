@@ -283,9 +283,12 @@ def test_every_object_needs_a_prompt(meta, image: torch.Tensor, prompts: Prompts
         segment_objects(meta, image, prompts, "clicks")
 
 
-def test_text_mode_detects_each_object_from_its_name(meta, tiny_models: TinyModels, image: torch.Tensor) -> None:
+@pytest.mark.parametrize("backend", ["meta", "hf"])
+def test_text_mode_detects_each_object_from_its_name(request: pytest.FixtureRequest, backend: str,
+                                                     tiny_models: TinyModels, image: torch.Tensor) -> None:
     from ttm_core.detect import detect_objects, load_detector
 
+    sam2 = request.getfixturevalue(backend)  # a Meta checkpoint or a Hugging Face folder
     detector = load_detector(tiny_models.detector)
     three = Prompts("g", "m", (ObjectPrompt("left coin", "a"), ObjectPrompt("right coin", "b"),
                                ObjectPrompt("table", "c")))
@@ -294,19 +297,19 @@ def test_text_mode_detects_each_object_from_its_name(meta, tiny_models: TinyMode
     assert (boxes[0][0][0] + boxes[0][0][2]) <= (boxes[1][0][0] + boxes[1][0][2])  # left of right
     # One object pinned by a box: the detector finds the others, SAM2 segments all from boxes.
     clicks = {2: ObjectClicks(box=(300.0, 200.0, 380.0, 280.0))}
-    result = segment_objects(meta, image, three, "text", clicks=clicks, detector=detector, box_threshold=0.0,
+    result = segment_objects(sam2, image, three, "text", clicks=clicks, detector=detector, box_threshold=0.0,
                              text_threshold=0.0)
     assert result.objects.ids == (1, 2, 3) and result.objects.masks.shape == (3, 288, 384)
     assert bool((result.objects.masks.sum((1, 2)) > 0).all())
-    reference = image_predictor(meta, image, torch.device("cpu"))
+    reference = image_predictor(sam2, image, torch.device("cpu"))
     expected = [reference.predict(ObjectClicks(box=boxes[i][0]), False)[0][0] for i in (0, 1)]
     expected.append(reference.predict(clicks[2], False)[0][0])
     assert torch.equal(result.objects.masks, _expected_masks(expected))
     with pytest.raises(TTMInputError, match="detector: text mode needs an open-vocabulary detector"):
-        segment_objects(meta, image, three, "text")
+        segment_objects(sam2, image, three, "text")
     with pytest.raises(TTMInputError, match=r"box_threshold: the detector found no box for 'left coin', "
                                             r"'right coin', 'table' \(box_threshold 1.0"):
-        segment_objects(meta, image, three, "text", detector=detector, box_threshold=1.0)
+        segment_objects(sam2, image, three, "text", detector=detector, box_threshold=1.0)
 
 
 def test_automatic_mode_one_mask_per_object_left_to_right(meta, hf, image: torch.Tensor) -> None:
