@@ -195,8 +195,11 @@ def test_resume_after_ctrl_c_runs_only_unfinished_jobs(two_servers: list[ComfySe
     server = two_servers[0]
     jobs = write_jobs(tmp_path, [job(i, frames=30) for i in range(8)])
     out = tmp_path / "out"
+    # SIGINT back to its default in the child: a shell starts background jobs (CI's too) with it
+    # ignored, and Python then never raises KeyboardInterrupt. A user's Ctrl-C reaches a foreground run.
     process = subprocess.Popen(batch_command([server], jobs, out, "--per-server", "2"), cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if (out / "manifest.jsonl").exists() and len(manifest(out)) >= 3:
