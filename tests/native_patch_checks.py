@@ -154,7 +154,7 @@ def check_isolation_ti2v(s: Setup) -> dict:
 
 
 def check_dual_clock(s: Setup) -> dict:
-    torch, guidance = s.torch, s.guidance
+    guidance = s.guidance
     patched, state = s.patch(s.settings(clock=guidance.DualClock(0.5, 0.25)))
     seen: list[tuple[float, Any]] = []
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attention_support import one_thread  # noqa: F401 - the same autouse fixture, for the Stage 2 modules
 from ttm_core.stage2.tiny import TINY_FAMILIES, save_tiny
 from ttm_core.types import ObjectPrompt, Objects, Prompts, Trajectory
 
@@ -43,17 +44,6 @@ def server_models(comfy_server, tiny_model_dir: Path) -> Iterator[Path]:
         link.unlink()
     link.symlink_to(tiny_model_dir, target_is_directory=True)
     yield target
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread on the shared two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def two_balls(frames: int = 9, size: int = SIZE, shift: int = 2) -> Trajectory:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import uuid
 
-import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
 
-from _support import load_workflow
+from _support import load_workflow, watch_prompt
 from native_wan import FIXTURES, TINY_FRAMES, TINY_SIZE, tiny_workflow
 from ttm_core.client import ComfyClient
 
@@ -71,26 +69,6 @@ def test_a14b_experts_through_the_comfy_backend(native_wan_client: ComfyClient) 
     assert "error" not in log.lower()
 
 
-async def _interrupt_at_first_step(url: str, graph: dict, node: str) -> list[dict]:
-    client_id = uuid.uuid4().hex
-    seen: list[dict] = []
-    async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
-        async with session.post(f"{url}/prompt", json={"prompt": graph, "client_id": client_id}) as response:
-            prompt_id = (await response.json())["prompt_id"]
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(message.data)
-            if data.get("data", {}).get("prompt_id") not in (None, prompt_id):
-                continue
-            seen.append(data)
-            if data["type"] == "progress" and data["data"]["node"] == node and len(seen) < 10_000:
-                await (await session.post(f"{url}/interrupt")).release()
-            if data["type"] in ("execution_success", "execution_error", "execution_interrupted"):
-                return seen
-    return seen
-
-
 def comfy_backend_on_wan21(prefix: str, feather: float) -> dict:
     """The one-node (comfy backend) workflow with Wan 2.1 I2V and its small VAE (fast on CPU)."""
     graph = tiny("ttm_wan22_ti2v_api.json", prefix, seed=5, steps=6)
@@ -104,7 +82,7 @@ def test_interrupt_mid_sampling_leaves_the_model_as_it_was(native_wan_server, na
     tag = uuid.uuid4().hex[:6]
     before = frames_of(native_wan_client, run(native_wan_client, comfy_backend_on_wan21(f"ttm/i_{tag}_a", 1.0)))
     cut = comfy_backend_on_wan21(f"ttm/i_{tag}_b", 1.5)
-    messages = asyncio.run(_interrupt_at_first_step(native_wan_server.url, cut, "7"))
+    messages = asyncio.run(watch_prompt(native_wan_server.url, cut, interrupt_on_node="7"))
     assert messages[-1]["type"] == "execution_interrupted"
     steps = [m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "7"]
     assert steps and max(steps) < 6

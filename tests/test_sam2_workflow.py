@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from _fake_openai import FakeOpenAI, Reply, chat_completion
-from _support import load_workflow
+from _support import expect_failure, load_workflow
 from _tiny_models import TinyModels
-from ttm_core.client import ComfyClient, ComfyError
+from ttm_core.client import ComfyClient
 
 pytestmark = pytest.mark.server
 SHIPPED = "ttm_sam2_llm_api.json"
@@ -118,20 +118,6 @@ def test_loader_variants_and_automatic_mode(client: ComfyClient, tmp_path: Path)
     workflow["6"]["inputs"].pop("detector")
     result = client.run(workflow, timeout=600)
     assert decode_video(client, result, tmp_path).shape == (33, 288, 384, 3)
-
-
-def expect_failure(client: ComfyClient, workflow: dict, *needles: str) -> str:
-    try:
-        prompt_id = client.queue(workflow)
-    except ComfyError as err:
-        message = str(err)
-    else:
-        result = client.wait(prompt_id, timeout=300)
-        assert result.status == "error", "the bad workflow ran successfully"
-        message = result.error["exception_message"]
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    return message
 
 
 def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient) -> None:

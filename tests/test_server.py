@@ -8,7 +8,6 @@ import json
 import uuid
 from pathlib import Path
 
-import aiohttp
 import av
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from _support import ROOT, load_workflow
-from ttm_core.client import ComfyClient, ComfyError
+from _support import ROOT, expect_failure, load_workflow, watch_prompt
+from ttm_core.client import ComfyClient
 from ttm_core.motion import mask_centroids
 from ttm_core.paths import parse_paths, sample_path
 from ttm_core.types import ObjectPrompt, Prompts
@@ -136,21 +135,6 @@ def mask_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def expect_failure(client: ComfyClient, workflow: dict, *needles: str) -> str:
-    """Queue a bad workflow: it must be refused (node_errors / HTTP 400) or fail with execution_error."""
-    try:
-        prompt_id = client.queue(workflow)
-    except ComfyError as err:
-        message = str(err)
-    else:
-        result = client.wait(prompt_id, timeout=120)
-        assert result.status == "error", "the bad workflow ran successfully"
-        message = result.error["exception_message"]
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    return message
-
-
 def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient) -> None:
     small = client.upload_image(mask_png(np.full((100, 100), 255)), "ttm_test_small_mask.png")
     empty = client.upload_image(mask_png(np.zeros((288, 384))), "ttm_test_empty_mask.png")
@@ -185,31 +169,6 @@ def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient) -> None:
     assert any(f.filename.endswith(".mp4") for f in result.files())
 
 
-async def _watch(url: str, prompt: dict, interrupt_on_node: str | None) -> list[dict]:
-    """Queue with a websocket open; optionally /interrupt at the first progress of a node."""
-    client_id = uuid.uuid4().hex
-    messages: list[dict] = []
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
-            async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as response:
-                prompt_id = (await response.json())["prompt_id"]
-            interrupted = False
-            async for message in ws:
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                data = json.loads(message.data)
-                if data.get("data", {}).get("prompt_id") not in (None, prompt_id):
-                    continue
-                messages.append(data)
-                if (interrupt_on_node and not interrupted and data["type"] == "progress"
-                        and data["data"]["node"] == interrupt_on_node):
-                    await (await session.post(f"{url}/interrupt")).release()
-                    interrupted = True
-                if data["type"] in ("execution_success", "execution_error", "execution_interrupted"):
-                    break
-    return messages
-
-
 def long_workflow(frames: int, prefix: str) -> dict:
     workflow = load_workflow(API_WORKFLOW)
     workflow["6"]["inputs"]["num_frames"] = frames
@@ -219,7 +178,7 @@ def long_workflow(frames: int, prefix: str) -> dict:
 
 def test_progress_is_reported_per_frame(comfy_server, client: ComfyClient) -> None:
     prefix = f"ttm/progress_{uuid.uuid4().hex[:8]}"
-    messages = asyncio.run(_watch(comfy_server.url, long_workflow(21, prefix), None))
+    messages = asyncio.run(watch_prompt(comfy_server.url, long_workflow(21, prefix), None))
     assert messages[-1]["type"] == "execution_success"
     for node in ("6", "7", "8"):  # trajectory frames, rendered frames, encoded frames
         steps = [m["data"] for m in messages if m["type"] == "progress" and m["data"]["node"] == node]
@@ -231,7 +190,7 @@ def test_progress_is_reported_per_frame(comfy_server, client: ComfyClient) -> No
 def test_cancel_stops_promptly_and_leaves_no_file(comfy_server, client: ComfyClient, node: str) -> None:
     prefix = f"ttm/cancel_{node}_{uuid.uuid4().hex[:8]}"
     frames = 240  # long enough that the interrupt lands inside the node's loop
-    messages = asyncio.run(_watch(comfy_server.url, long_workflow(frames, prefix), interrupt_on_node=node))
+    messages = asyncio.run(watch_prompt(comfy_server.url, long_workflow(frames, prefix), interrupt_on_node=node))
     assert messages[-1]["type"] == "execution_interrupted"
     done = max(m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"]["node"] == node)
     assert done < frames  # stopped inside the node's loop, not after it

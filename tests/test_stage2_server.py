@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from _support import ROOT, load_workflow
+from _support import ROOT, expect_failure, load_workflow
 from stage2_support import one_thread, server_models, tiny_model_dir  # noqa: F401 (fixtures)
-from ttm_core.client import ComfyClient, ComfyError, PromptResult
+from ttm_core.client import ComfyClient, PromptResult
 from ttm_core.stage2 import load_video_model
 from ttm_core.stage2.run import _pil
 from ttm_core.stage2.sizes import fit_frames, plan_frames
@@ -203,20 +203,6 @@ def test_progress_is_reported_per_denoising_step(client: ComfyClient, server_mod
     assert steps == [(i, 5) for i in range(1, 6)]
 
 
-def expect_error(client: ComfyClient, prompt: dict, *needles: str) -> str:
-    try:
-        prompt_id = client.queue(prompt)
-    except ComfyError as err:
-        message = str(err)
-    else:
-        result = client.wait(prompt_id, timeout=300)
-        assert result.status == "error", "the bad workflow ran"
-        message = result.error["exception_message"]
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    return message
-
-
 def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient, server_models: Path) -> None:
     loose = server_models / "loose-weights"
     loose.mkdir(exist_ok=True)
@@ -228,28 +214,28 @@ def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient, server_models
     family = "cogvideox-1.0-i2v"
     wf = workflow(family)
     wf["10"]["inputs"]["model"] = "CogVideoX-5b-I2V"  # the shipped name, not installed on the test server
-    expect_error(client, wf, "model: there is no folder 'CogVideoX-5b-I2V'", "tiny/cogvideox-1.0-i2v")
+    expect_failure(client, wf, "model: there is no folder 'CogVideoX-5b-I2V'", "tiny/cogvideox-1.0-i2v")
     wf["10"]["inputs"]["model"] = "loose-weights"
-    expect_error(client, wf, "has no model_index.json", "wan2.1_i2v_480p_14B_fp16.safetensors")
+    expect_failure(client, wf, "has no model_index.json", "wan2.1_i2v_480p_14B_fp16.safetensors")
     wf["10"]["inputs"]["model"] = "stable-video-diffusion-img2vid-xt"
-    expect_error(client, wf, "StableVideoDiffusionPipeline (unet: UNetSpatioTemporalConditionModel)",
+    expect_failure(client, wf, "StableVideoDiffusionPipeline (unet: UNetSpatioTemporalConditionModel)",
                  "no text prompt")
     long_prompt = workflow(family)
     long_prompt["4"]["inputs"]["objects"] = ("left coin: " + "a small silver coin " * 12 + "\n"
                                              "big coin: a large silver coin")
-    expect_error(client, long_prompt, "prompts: the local prompt of 'left coin' is", "reads at most 32")
+    expect_failure(client, long_prompt, "prompts: the local prompt of 'left coin' is", "reads at most 32")
     small = client.upload_image(_png(np.full((100, 100, 3), 128)), "ttm_stage2_small.png")
     other_image = workflow(family)
     other_image["11"] = {"class_type": "LoadImage", "inputs": {"image": small}}
     other_image["7"]["inputs"]["image"] = ["11", 0]
-    expect_error(client, other_image, "image: the image is 100x100 (WxH) but the trajectory is 384x288")
+    expect_failure(client, other_image, "image: the image is 100x100 (WxH) but the trajectory is 384x288")
     no_model = workflow(family)
     del no_model["7"]["inputs"]["video_model"]
-    expect_error(client, no_model, "video_model: the diffusers backend needs a model")
+    expect_failure(client, no_model, "video_model: the diffusers backend needs a model")
     bad_clock = workflow(family, object_clock=0.1, background_clock=0.5)
-    expect_error(client, bad_clock, "object_clock: the object clock (0.1) ends before the background clock")
+    expect_failure(client, bad_clock, "object_clock: the object clock (0.1) ends before the background clock")
     bad_window = workflow(family, start_percent=0.8, end_percent=0.2)
-    expect_error(client, bad_window, "end_percent: 0.2 is not between start_percent (0.8) and 1")
+    expect_failure(client, bad_window, "end_percent: 0.2 is not between start_percent (0.8) and 1")
     # ... and the server still serves the next prompt.
     assert frames_of(client, client.run(workflow(family, seed=51), timeout=600)).shape[0] == 9
 
@@ -276,7 +262,7 @@ def test_trajectory_frames_are_resampled_and_zero_objects_sample_plainly(client:
     mismatch = workflow("wan2.1-i2v", seed=63)
     mismatch["12"] = dict(plain["12"], inputs=dict(plain["12"]["inputs"], objects="coin: a coin"))
     mismatch["7"]["inputs"]["prompts"] = ["12", 0]
-    expect_error(client, mismatch, "prompts: the prompts name 1 objects but the trajectory has 2")
+    expect_failure(client, mismatch, "prompts: the prompts name 1 objects but the trajectory has 2")
 
 
 def test_a_connected_loader_costs_nothing_while_the_backend_is_warp(client: ComfyClient, server_models: Path) -> None:

@@ -27,14 +27,9 @@ for extra in (ROOT, ROOT / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
+from ttm_core.peak_memory import PeakRSS  # noqa: E402 (after the path setup above)
+
 LOG = logging.getLogger("ttm.bench_native")
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
 class Peak:
@@ -49,8 +44,8 @@ class Peak:
             self.torch.cuda.reset_peak_memory_stats()
             self.base = self.torch.cuda.memory_allocated()
         else:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.base = _status_kib("VmRSS") * 1024
+            self.host = PeakRSS()
+            self.host.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -58,7 +53,8 @@ class Peak:
             self.torch.cuda.synchronize()
             self.rise = self.torch.cuda.max_memory_allocated() - self.base
         else:
-            self.rise = _status_kib("VmHWM") * 1024 - self.base
+            self.host.__exit__()
+            self.rise = self.host.extra_kib * 1024
 
 
 def main() -> int:
@@ -73,7 +69,7 @@ def main() -> int:
     options = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    from native_wan import FIXTURES, Fixture, _meta_module, _value, build_cached
+    from native_wan import Fixture, _meta_module, _value, build_cached
 
     from tools.comfy_harness import ComfyInstall
 

@@ -23,15 +23,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ttm_core.media import encode_video  # noqa: E402
+from ttm_core.peak_memory import PeakRSS  # noqa: E402
 
 LOG = logging.getLogger("ttm.measure")
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def main() -> int:
@@ -46,15 +40,13 @@ def main() -> int:
     frames = torch.rand(options.frames, options.size, options.size, 3)
     frames_mib = frames.numel() * 4 / 2**20
     with tempfile.TemporaryDirectory() as folder:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
-        before = _status_kib("VmRSS")
         started = time.perf_counter()
-        encode_video(frames, Path(folder), "m", options.format, fps=16.0)
+        with PeakRSS() as peak:
+            encode_video(frames, Path(folder), "m", options.format, fps=16.0)
         seconds = time.perf_counter() - started
-        peak = _status_kib("VmHWM")
     figures = {"frames": options.frames, "size": options.size, "format": options.format,
-               "frames_mib": round(frames_mib, 1), "extra_peak_mib": round((peak - before) / 1024, 1),
-               "ratio": round((peak - before) / 1024 / frames_mib, 4), "seconds": round(seconds, 2)}
+               "frames_mib": round(frames_mib, 1), "extra_peak_mib": round(peak.extra_kib / 1024, 1),
+               "ratio": round(peak.extra_kib / 1024 / frames_mib, 4), "seconds": round(seconds, 2)}
     LOG.info("%d frames of %dx%d (%.0f MiB float32) -> %s: extra peak %.1f MiB (%.1f%% of the frames), %.1f s",
              options.frames, options.size, options.size, frames_mib, options.format, figures["extra_peak_mib"],
              100 * figures["ratio"], seconds)

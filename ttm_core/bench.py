@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .peak_memory import PeakRSS
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRIDS = ((8, 32, 32), (13, 30, 45))
@@ -115,29 +117,6 @@ def _variants(ids: torch.Tensor) -> dict[str, Callable[[torch.Tensor, torch.Tens
     return {"dense": dense, "naive": naive, "ours": ours}
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure_memory_in_this_process(case: AttentionCase, variant: str) -> dict[str, object]:
     """Peak extra KiB of one call of ``variant`` (run in a fresh process: see module docstring).
 
@@ -151,14 +130,11 @@ def measure_memory_in_this_process(case: AttentionCase, variant: str) -> dict[st
     small_fn(*case_inputs(small))  # warm-up: thread pools, kernels, allocator
     fn = _variants(ids)[variant]
     q, k, v = case_inputs(case)
-    reset = _reset_peak_rss()
-    rss_before, peak_before = _rss_kib(), _status_kib("VmHWM")
-    out = fn(q, k, v)
-    peak_after = _status_kib("VmHWM")
+    with PeakRSS() as peak:
+        out = fn(q, k, v)
     del out
-    return {"extra_kib": peak_after - (rss_before if reset else peak_before),
-            "slack_kib": 0 if reset else peak_before - rss_before, "rss_before_kib": rss_before,
-            "method": "VmHWM reset via /proc/self/clear_refs" if reset else "VmHWM high-water (no reset)"}
+    return {"extra_kib": peak.extra_kib, "slack_kib": peak.slack_kib, "rss_before_kib": peak.rss_before,
+            "method": peak.method}
 
 
 def measure_memory(case: AttentionCase, variant: str, threads: int) -> dict[str, object]:

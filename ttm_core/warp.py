@@ -119,6 +119,17 @@ def estimate_affines(trajectory: Trajectory, min_elongation: float = 0.2) -> tor
     return affines
 
 
+def check_first_frame(image: torch.Tensor, trajectory: Trajectory) -> None:
+    """Raise TTMInputError unless ``image`` is one RGB image ``[H, W, 3]`` of the trajectory's size."""
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise TTMInputError("image", f"expected one RGB image [H, W, 3], got {tuple(image.shape)}",
+                            "connect a single image (the first frame)")
+    if tuple(image.shape[:2]) != trajectory.size:
+        raise TTMInputError("image", f"the image is {image.shape[1]}x{image.shape[0]} (WxH) but the trajectory is "
+                            f"{trajectory.size[1]}x{trajectory.size[0]}",
+                            "use the image the objects were segmented on, or resize it to the trajectory's size")
+
+
 def cut_and_drag(image: torch.Tensor, trajectory: Trajectory, feather: float = 1.0,
                  device: torch.device | str = "cpu", progress: ProgressFn | None = None) -> torch.Tensor:
     """Render the cut-and-drag video: objects moved along the trajectory, holes inpainted.
@@ -139,13 +150,7 @@ def cut_and_drag(image: torch.Tensor, trajectory: Trajectory, feather: float = 1
     Returns:
         float32 ``[T, H, W, 3]`` in 0..1 (on the CPU).
     """
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise TTMInputError("image", f"expected one RGB image [H, W, 3], got {tuple(image.shape)}",
-                            "connect a single image (the first frame)")
-    if tuple(image.shape[:2]) != trajectory.size:
-        raise TTMInputError("image", f"the image is {image.shape[1]}x{image.shape[0]} (WxH) but the trajectory is "
-                            f"{trajectory.size[1]}x{trajectory.size[0]}",
-                            "use the image the objects were segmented on, or resize it to the trajectory's size")
+    check_first_frame(image, trajectory)
     if not (math.isfinite(feather) and feather >= 0):
         raise TTMInputError("feather", f"feather {feather} is not a non-negative number", "use e.g. 1.0")
     objects = trajectory.objects

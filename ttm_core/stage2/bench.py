@@ -37,6 +37,7 @@ import torch
 from einops import rearrange
 
 from ..guidance import DualClock, noise_to, pin
+from ..peak_memory import PeakRSS
 from ..types import ObjectPrompt, Objects, Prompts, Trajectory
 from .families import FAMILIES
 from .loader import VideoModel
@@ -95,7 +96,7 @@ def build_inputs(case: Stage2Case) -> tuple[torch.Tensor, Trajectory]:
         for object_id, width in enumerate(widths, start=1):
             labels[t, :, (torch.arange(width) + x) % case.width] = object_id
             x += width + 16
-    objects = tuple(ObjectPrompt(f"ball {i}", f"a red ball rolls right") for i in range(1, len(widths) + 1))
+    objects = tuple(ObjectPrompt(f"ball {i}", "a red ball rolls right") for i in range(1, len(widths) + 1))
     prompts = Prompts(GLOBAL_PROMPT, "two balls roll", objects)
     masks = torch.stack([(labels[0] == i).to(torch.float32) for i in range(1, len(widths) + 1)])
     return image, Trajectory(labels, Objects(prompts, masks), 8.0)
@@ -215,22 +216,16 @@ def _interleaved(variants: dict[str, Callable[[], torch.Tensor]], rounds: int) -
 
 def measure_memory_in_this_process(case: Stage2Case, kind: str, variant: str) -> dict[str, object]:
     """Peak extra KiB of one ``variant`` call of ``kind`` (run in a fresh process)."""
-    from ..bench import _reset_peak_rss, _rss_kib, _status_kib
-
     model = build_model(case)
     getattr(BENCHES[kind](model, case, 128, 128, 9), variant)()  # warm-up: thread pools, kernels, allocator
     bench = BENCHES[kind](model, case)
     fn = getattr(bench, variant)
     trimmed = _release_free_memory()
-    reset = _reset_peak_rss()
-    rss_before, peak_before = _rss_kib(), _status_kib("VmHWM")
-    out = fn()
-    peak_after = _status_kib("VmHWM")
+    with PeakRSS() as peak:
+        out = fn()
     del out
-    return {"extra_kib": peak_after - (rss_before if reset else peak_before),
-            "slack_kib": 0 if reset else peak_before - rss_before,
-            "method": ("VmHWM reset via /proc/self/clear_refs" if reset else "VmHWM high-water (no reset)")
-            + (", free heap returned to the OS first (malloc_trim)" if trimmed else "")}
+    return {"extra_kib": peak.extra_kib, "slack_kib": peak.slack_kib,
+            "method": peak.method + (", free heap returned to the OS first (malloc_trim)" if trimmed else "")}
 
 
 def _release_free_memory() -> bool:

@@ -37,7 +37,7 @@ from ..attention.grids import token_grid_from_labels
 from ..errors import TTMInputError
 from ..guidance import DualClock, labels_foreground, noise_to, pin
 from ..types import ProgressFn, Prompts, Trajectory
-from ..warp import cut_and_drag
+from ..warp import check_first_frame, cut_and_drag
 from .families import CAUSAL_4K1
 from .loader import VideoModel
 from .sizes import FramePlan, SizeRules, fit_frames, fit_labels, plan_frames
@@ -452,13 +452,7 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
         TTMInputError: bad input, before any model runs.
     """
     family = model.family
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise TTMInputError("image", f"expected one RGB image [H, W, 3], got {tuple(image.shape)}",
-                            "connect a single image (the first frame)")
-    if tuple(image.shape[:2]) != trajectory.size:
-        raise TTMInputError("image", f"the image is {image.shape[1]}x{image.shape[0]} (WxH) but the trajectory is "
-                            f"{trajectory.size[1]}x{trajectory.size[0]}",
-                            "use the image the objects were segmented on, or resize it to the trajectory's size")
+    check_first_frame(image, trajectory)
     plain = not prompts.objects
     if not plain and len(prompts.objects) != trajectory.objects.count:
         raise TTMInputError("prompts", f"{len(prompts.objects)} object prompts for the trajectory's "
