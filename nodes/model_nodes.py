@@ -35,6 +35,7 @@ from ..ttm_core.errors import TTMInputError
 from ..ttm_core.stage2 import DTYPES, VideoModel, detect_family, list_model_folders, load_video_model, \
     resolve_model_folder
 from ._common import CATEGORY, check_combo
+from ._models import compute_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -105,16 +106,6 @@ class LoadedVideoModel:
         mm.free_memory(needed + mm.minimum_inference_memory(), self.device)
 
 
-def _auto_dtype(device: torch.device) -> torch.dtype:
-    if mm.is_device_cpu(device):
-        return torch.float32
-    if mm.should_use_bf16(device):
-        return torch.bfloat16
-    if mm.should_use_fp16(device):
-        return torch.float16
-    return torch.float32
-
-
 def _offload_devices(model: VideoModel) -> dict[str, torch.device]:
     groups = model.component_groups()
     devices = {}
@@ -156,7 +147,7 @@ def load(name: str, dtype: str, offload: str, vae_tiling: bool) -> LoadedVideoMo
     folder = resolve_model_folder(name, model_roots())
     detected = detect_family(folder)
     device = mm.get_torch_device()
-    torch_dtype = _auto_dtype(device) if dtype == "auto" else DTYPES[dtype]
+    torch_dtype = compute_dtype("auto", device) if dtype == "auto" else DTYPES[dtype]
     model = load_video_model(folder, torch_dtype, vae_tiling, name=name, detected=detected)
     loaded = register(model, offload)
     sizes = model.parameter_bytes()

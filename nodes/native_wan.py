@@ -46,7 +46,7 @@ from ..ttm_core.errors import TTMInputError
 from ..ttm_core.guidance import DualClock, latent_foreground, noise_to, pin, step_index
 from ..ttm_core.reference import crop_image, fit_trajectory, resample_video
 from ..ttm_core.types import Prompts, Trajectory
-from ..ttm_core.warp import cut_and_drag
+from ..ttm_core.warp import check_first_frame, cut_and_drag
 
 LOG = logging.getLogger(__name__)
 KEY = "through_the_mask"
@@ -104,7 +104,8 @@ class _Forward:
     grid: _Grid
     text_len: int
     local_len: int
-    cond: torch.Tensor  # bool [B]
+    cond_index: torch.Tensor  # long [n_cond]: the conditional rows of the batch, on the model's device
+    has_cond: bool
 
 
 @dataclass
@@ -176,6 +177,7 @@ class WanPatch:
         self.schedule: torch.Tensor | None = None  # a full schedule set by a caller that runs several passes
         self.previous_override: Callable | None = None
         self._grids: dict[tuple[int, int, int], _Grid | None] = {}
+        self._cross: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         self._noise: torch.Tensor | None = None
         self._sigmas: torch.Tensor | None = None
 
@@ -221,8 +223,9 @@ class WanPatch:
         local = self.local_states.to(device=context.device, dtype=context.dtype)
         context = torch.cat([context, local[None].expand(batch, -1, -1)], dim=1)
         options = dict(options)  # per forward: the model's stored options stay untouched
-        options[_FORWARD] = _Forward(grid, text_len, local.shape[0],
-                                     cond_rows(options.get("cond_or_uncond", []), batch).to(x.device))
+        cond = cond_rows(options.get("cond_or_uncond", []), batch)  # on the CPU: no device sync per block
+        options[_FORWARD] = _Forward(grid, text_len, local.shape[0], cond.nonzero().flatten().to(x.device),
+                                     bool(cond.any()))
         return executor(x, timestep, context, clip_fea, time_dim_concat, options, **kwargs)
 
     def block_patch(self, index: int, previous: Callable | None) -> Callable:
@@ -261,7 +264,7 @@ class WanPatch:
         text_k, text_v = k[:, :forward.text_len].contiguous(), v[:, :forward.text_len].contiguous()
         stock = self._call(func, q, text_k, text_v, *rest, **kwargs)
         if (not block.masked or call != self.final_cross_call or self.settings.cross_strength == 0
-                or q.shape[1] != forward.grid.num_tokens or not bool(forward.cond.any())):
+                or q.shape[1] != forward.grid.num_tokens or not forward.has_cond):
             return stock
         return self._masked_cross(q, k, v, stock, kwargs["heads"], forward)
 
@@ -281,17 +284,26 @@ class WanPatch:
             return grouped
         return blend(self._call(func, q, k, v, *rest, **kwargs), grouped, self.settings.self_strength)
 
+    def _cross_rows(self, forward: _Forward, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token rows inside some box and what each may see ([n] long, [n, text + local] bool), on
+        ``device``; built once per grid, text length and device, not in every block and step."""
+        key = (id(forward.grid), forward.text_len, device)
+        if key not in self._cross:
+            rows = forward.grid.box_rows
+            visible = cross_visibility(forward.grid.in_box.index_select(0, rows), self.key_owner, forward.text_len)
+            self._cross[key] = rows.to(device), visible.to(device)
+        return self._cross[key]
+
     def _masked_cross(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stock: torch.Tensor, heads: int,
                       forward: _Forward) -> torch.Tensor:
-        rows = forward.grid.box_rows.to(q.device)
+        rows, visible = self._cross_rows(forward, q.device)
         if rows.numel() == 0:
             return stock
-        cond = forward.cond.nonzero().flatten()
+        cond = forward.cond_index
         split = "b n (h d) -> b h n d"
         q_rows = rearrange(q.index_select(0, cond).index_select(1, rows), split, h=heads)
         k_cond = rearrange(k.index_select(0, cond), split, h=heads)
         v_cond = rearrange(v.index_select(0, cond), split, h=heads)
-        visible = cross_visibility(forward.grid.in_box.index_select(0, rows.cpu()), self.key_owner, forward.text_len)
         masked = masked_cross_attention_explicit(q_rows, k_cond, v_cond, visible)
         masked = rearrange(masked, "b h n d -> b n (h d)").to(stock.dtype)
         out = stock.clone()
@@ -373,9 +385,7 @@ def build_reference(model: Any, vae: Any, image: torch.Tensor, trajectory: Traje
     frames, lat_h, lat_w = latent.shape[2], latent.shape[3], latent.shape[4]
     ratio = geometry.spatial_ratio
     height, width, num_frames = lat_h * ratio, lat_w * ratio, 4 * (frames - 1) + 1
-    if tuple(image.shape[:2]) != trajectory.size:
-        raise TTMInputError("image", f"the image is {image.shape[1]}x{image.shape[0]} but the trajectory is "
-                            f"{trajectory.size[1]}x{trajectory.size[0]}", "use the image the trajectory was made on")
+    check_first_frame(image, trajectory)
     fitted = fit_trajectory(trajectory, height, width, num_frames)
     video = cut_and_drag(crop_image(image, height, width), fitted, progress=progress)
     video = resample_video(video, height, width, num_frames)

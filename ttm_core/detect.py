@@ -10,7 +10,6 @@ the boxes are, which is how the paper's prompts disambiguate objects of the same
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 from einops import rearrange
 
 from .errors import TTMInputError
+from .model_files import model_type
 
 LOG = logging.getLogger(__name__)
 
@@ -58,20 +58,10 @@ class Detector:
             raise TTMInputError("detector", "the detector is not a torch module", "load it with the Detector Loader")
 
 
-def detector_type(folder: Path) -> str | None:
-    config = folder / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        return json.loads(config.read_text()).get("model_type")
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def load_detector(folder: Path, device: torch.device | str = "cpu") -> Detector:
     """Load a detector folder with transformers, from disk only."""
     folder = Path(folder)
-    kind = detector_type(folder)
+    kind = model_type(folder)
     if kind is None:
         raise TTMInputError("detector", f"{folder} is not a Hugging Face model folder (no config.json)",
                             "download e.g. IDEA-Research/grounding-dino-tiny into models/grounding-dino/")

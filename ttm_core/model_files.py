@@ -16,7 +16,8 @@ from .errors import TTMInputError
 MAX_DEPTH = 3
 
 
-def _model_type(folder: Path) -> str | None:
+def model_type(folder: Path) -> str | None:
+    """The ``model_type`` of a Hugging Face folder's ``config.json``; None without a readable one."""
     try:
         return json.loads((folder / "config.json").read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
@@ -45,7 +46,7 @@ def list_entries(roots: Iterable[Path], *, suffixes: Sequence[str] = (),
                     continue
                 if child.is_dir():
                     if (child / "config.json").is_file():
-                        if folder_types is not None and folder_types(_model_type(child)):
+                        if folder_types is not None and folder_types(model_type(child)):
                             found.add(child.relative_to(root).as_posix())
                     elif depth + 1 < MAX_DEPTH:
                         stack.append((child, depth + 1))

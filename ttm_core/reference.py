@@ -23,7 +23,9 @@ LOG = logging.getLogger(__name__)
 
 
 def frame_map(source_frames: int, target_frames: int) -> list[int]:
-    """For each of ``target_frames`` video frames, the trajectory frame it shows."""
+    """For each of ``target_frames`` video frames, the trajectory frame it shows:
+    floor(f (T - 1) / (F - 1) + 1/2), halves rounded up (Python's round() would round them to even).
+    The one nearest-frame rule of the reference, the token grids and the diffusers frame plans."""
     if target_frames <= 1 or source_frames <= 1:
         return [0] * target_frames
     return [math.floor(f * (source_frames - 1) / (target_frames - 1) + 0.5) for f in range(target_frames)]

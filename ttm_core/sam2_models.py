@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import logging
 import pickle
 import re
@@ -35,6 +34,7 @@ from typing import Any
 import torch
 
 from .errors import TTMInputError
+from .model_files import model_type
 
 LOG = logging.getLogger(__name__)
 
@@ -307,14 +307,8 @@ class Sam2Model:
 
 def hf_sam2_kind(folder: Path) -> str | None:
     """``"sam2"`` / ``"sam2_video"`` for a Hugging Face SAM2 folder, None for anything else."""
-    config = folder / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        model_type = json.loads(config.read_text()).get("model_type")
-    except (OSError, json.JSONDecodeError):
-        return None
-    return model_type if model_type in ("sam2", "sam2_video") else None
+    kind = model_type(folder)
+    return kind if kind in ("sam2", "sam2_video") else None
 
 
 def load_sam2(path: Path, *, video: bool = True, device: torch.device | str = "cpu") -> Sam2Model:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..errors import TTMInputError
+from ..reference import frame_map
 from ..types import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -206,11 +207,6 @@ class TokenGrid:
         inside = (ys >= b[:, :, 0]) & (ys < b[:, :, 2]) & (xs >= b[:, :, 1]) & (xs < b[:, :, 3])  # [Tt, L, Ht, Wt]
         return rearrange(inside, "t l h w -> (t h w) l")
 
-    def coverage(self) -> dict[int, float]:
-        """Share of tokens (0..1) per id, background included."""
-        counts = torch.bincount(self.ids, minlength=256).to(torch.float64) / self.num_tokens
-        return {i: float(counts[i]) for i in (0, *self.object_ids)}
-
     def at_level(self, level: int) -> TokenGrid:
         """The grid a UNet sees after ``level`` 2x downsamplings (sizes ceil(h / 2^level)).
 
@@ -293,9 +289,7 @@ def token_grid_from_labels(labels: torch.Tensor, object_ids: Sequence[int], geom
     sources = geometry.token_frame_sources(num_frames)
     tt, ht, wt = geometry.token_shape(num_frames, height, width)
     steps = labels.shape[0]
-    # Nearest label frame, halves rounded up (Python's round() would round halves to even).
-    to_label_frame = [math.floor(f * (steps - 1) / (num_frames - 1) + 0.5) if num_frames > 1 else 0
-                      for f in range(num_frames)]
+    to_label_frame = frame_map(steps, num_frames)  # nearest label frame, halves rounded up
     channel_of = torch.zeros(256, dtype=torch.int64)  # label value -> channel; unknown labels count as background
     channel_of[torch.tensor(ids, dtype=torch.int64)] = torch.arange(1, len(ids) + 1)
     fractions = torch.empty(len(ids) + 1, tt, ht, wt, dtype=torch.float32)

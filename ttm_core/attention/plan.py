@@ -129,12 +129,12 @@ class Partition:
         return Partition(torch.arange(self.num_q, dtype=torch.int64, device=self.perm.device), self.offsets,
                          self.lengths, self.kv, self.num_q, self.num_kv, self.labels)
 
-    def dense_mask(self, allow_large: bool = False) -> torch.Tensor:
+    def dense_mask(self) -> torch.Tensor:
         """bool ``[num_q, num_kv]``: the naive mask this plan stands for. Test reference only.
 
-        Refuses above ``MAX_DENSE_MASK_ELEMENTS`` unless ``allow_large`` (the benchmark's naive path).
+        Refuses above ``MAX_DENSE_MASK_ELEMENTS``.
         """
-        if self.num_q * self.num_kv > MAX_DENSE_MASK_ELEMENTS and not allow_large:
+        if self.num_q * self.num_kv > MAX_DENSE_MASK_ELEMENTS:
             raise ValueError(f"refusing a {self.num_q} x {self.num_kv} dense mask: use the grouped kernels")
         mask = torch.zeros(self.num_q, self.num_kv, dtype=torch.bool, device=self.perm.device)
         for p in range(len(self)):

@@ -31,8 +31,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from .families import WAN_TEXT_TOKENS
 from .kernels import partitioned_attention, sdpa
 from .layers import MaskedBlockLayers
+from .routing import blend
 from .state import LocalContext, MaskedAttentionState
 
 logger = logging.getLogger(__name__)
@@ -47,11 +49,9 @@ def _corner_weights(a: float, b: float) -> dict[tuple[bool, bool], float]:
     return {corner: w for corner, w in weights.items() if w > 0.0}
 
 
-def _blend(stock: torch.Tensor | None, masked: torch.Tensor, strength: float) -> torch.Tensor:
-    """``(1 - s) * stock + s * masked`` (just ``masked`` at s = 1)."""
-    if strength >= 1.0 or stock is None:
-        return masked
-    return torch.lerp(stock, masked, strength)
+def _rows_only(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x`` with every batch row outside ``rows`` zeroed (local prompts reach the conditional rows only)."""
+    return torch.zeros_like(x).index_copy(0, rows, x.index_select(0, rows))
 
 
 def _none(rows: torch.Tensor | None) -> bool:
@@ -152,7 +152,7 @@ class WanSelfProcessor(_MaskedProcessor):
         q, k, v = (rearrange(t, "b n h d -> b h n d") for t in (query, key, value))
         masked = partitioned_attention(q, k, v, plan, backend=self.state.backend)
         stock = sdpa(q, k, v) if strength < 1.0 else None
-        return _wan_out(attn, _blend(stock, masked, strength), query)
+        return _wan_out(attn, blend(stock, masked, strength), query)
 
 
 class WanCrossProcessor(_MaskedProcessor):
@@ -174,14 +174,14 @@ class WanCrossProcessor(_MaskedProcessor):
             context = self.local.get(x.device, x.dtype)[None].expand(batch, -1, -1)
             extra = layer(x, context, self.state.local_plan(num_tokens), self.state.backend).to(stock.dtype)
             if rows is not None:
-                extra = torch.zeros_like(extra).index_copy(0, rows, extra.index_select(0, rows))
+                extra = _rows_only(extra, rows)
             return stock + strength * extra
 
         image_context = None
         text_context = encoder_hidden_states
         if attn.add_k_proj is not None:
             # Same split as diffusers' WanAttnProcessor: [image tokens ; 512 text tokens].
-            image_len = encoder_hidden_states.shape[1] - 512
+            image_len = encoder_hidden_states.shape[1] - WAN_TEXT_TOKENS
             image_context = encoder_hidden_states[:, :image_len]
             text_context = encoder_hidden_states[:, image_len:]
         query, key, value = _wan_projections(attn, hidden_states, text_context)
@@ -198,12 +198,12 @@ class WanCrossProcessor(_MaskedProcessor):
         if rows is None:
             masked = partitioned_attention(q, torch.cat([k, k_local], 2), torch.cat([v, v_local], 2), plan,
                                            backend=self.state.backend)
-            out = _blend(stock, masked, strength)
+            out = blend(stock, masked, strength)
         else:
             pick = lambda t: t.index_select(0, rows)  # noqa: E731
             masked = partitioned_attention(pick(q), torch.cat([pick(k), pick(k_local)], 2),
                                            torch.cat([pick(v), pick(v_local)], 2), plan, backend=self.state.backend)
-            out = stock.index_copy(0, rows, _blend(pick(stock), masked, strength))
+            out = stock.index_copy(0, rows, blend(pick(stock), masked, strength))
         if image_context is not None:
             key_img, value_img = _wan_image_kv(attn, image_context)
             k_img = rearrange(attn.norm_added_k(key_img), "b m (h d) -> b h m d", h=attn.heads)
@@ -281,7 +281,7 @@ class CogVideoXJointProcessor(_MaskedProcessor):
                 context = self.local.get(x.device, x.dtype)[None].expand(batch, -1, -1)
                 cross = layer(x, context, self.state.local_plan(num_video), self.state.backend).to(video.dtype)
                 if rows is not None:
-                    cross = torch.zeros_like(cross).index_copy(0, rows, cross.index_select(0, rows))
+                    cross = _rows_only(cross, rows)
                 extra = extra + b * cross
             return video + extra, text
 
@@ -399,7 +399,7 @@ class UNetSelfProcessor(_MaskedProcessor):
         stock = rearrange(sdpa(q, k, v), "(b f) h n d -> b h (f n) d", f=frames) if strength < 1.0 else None
         q, k, v = (rearrange(t, "(b f) h n d -> b h (f n) d", f=frames) for t in (q, k, v))
         masked = partitioned_attention(q, k, v, plan, backend=self.state.backend)
-        return _unet_out(attn, _blend(stock, masked, strength), frames, hidden_states)
+        return _unet_out(attn, blend(stock, masked, strength), frames, hidden_states)
 
 
 class UNetCrossProcessor(_MaskedProcessor):
@@ -427,7 +427,7 @@ class UNetCrossProcessor(_MaskedProcessor):
             context = self.local.get(x.device, x.dtype)[None].expand(batch, -1, -1)
             extra = layer(x, context, self.state.unet_local_plan(tokens), self.state.backend)
             if rows is not None:
-                extra = torch.zeros_like(extra).index_copy(0, rows, extra.index_select(0, rows))
+                extra = _rows_only(extra, rows)
             return stock + strength * rearrange(extra, "b (f n) c -> (b f) n c", f=frames).to(stock.dtype)
         context = encoder_hidden_states
         if attn.norm_cross:
@@ -449,9 +449,9 @@ class UNetCrossProcessor(_MaskedProcessor):
         q, k, v = (rearrange(t, "(b f) h n d -> b h (f n) d", f=frames) for t in (q, k, v))
         plan = self.state.unet_cross_plan(tokens, shared)
         if rows is None:
-            out = _blend(stock, partitioned_attention(q, k, v, plan, backend=self.state.backend), strength)
+            out = blend(stock, partitioned_attention(q, k, v, plan, backend=self.state.backend), strength)
         else:
             pick = lambda t: t.index_select(0, rows)  # noqa: E731
             masked = partitioned_attention(pick(q), pick(k), pick(v), plan, backend=self.state.backend)
-            out = stock.index_copy(0, rows, _blend(pick(stock), masked, strength))
+            out = stock.index_copy(0, rows, blend(pick(stock), masked, strength))
         return _unet_out(attn, out, frames, hidden_states)

@@ -44,8 +44,10 @@ def cross_visibility(in_box: torch.Tensor, key_owner: torch.Tensor, text_len: in
     return torch.cat([shared, local], dim=1)
 
 
-def blend(stock: torch.Tensor, masked: torch.Tensor, strength: float) -> torch.Tensor:
-    """(1 - s) * stock + s * masked, returning either input unchanged at s = 0 or s = 1."""
+def blend(stock: torch.Tensor | None, masked: torch.Tensor, strength: float) -> torch.Tensor:
+    """(1 - s) * stock + s * masked, returning either input unchanged at s = 0 or s = 1.
+
+    ``stock`` may be None at s >= 1, where callers skip computing it."""
     if strength <= 0.0:
         return stock
     if strength >= 1.0:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..attention.families import WAN_TEXT_TOKENS
 from ..errors import TTMInputError
 from .families import FAMILIES, DetectedModel, FamilySpec, detect_family
 
@@ -91,7 +92,7 @@ class VideoModel:
         if self.family.key.startswith("cogvideox"):
             return int(pipe.transformer.config.max_text_seq_length)  # type: ignore[attr-defined]
         if self.family.key.startswith("wan"):
-            return 512  # WanAttnProcessor hard-codes 512 text tokens; the pipelines pad to it
+            return WAN_TEXT_TOKENS  # WanAttnProcessor hard-codes 512 text tokens; the pipelines pad to it
         return int(pipe.tokenizer.model_max_length)  # type: ignore[attr-defined]
 
 

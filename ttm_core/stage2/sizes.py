@@ -18,7 +18,6 @@ legal ``FramePlan`` and says, in plain words, everything it changed:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..errors import TTMInputError
+from ..reference import frame_map
 
 MAX_SIDE = 8192
 """Largest width or height accepted (far above what any supported model was trained at)."""
@@ -111,10 +111,7 @@ class FramePlan:
         The same nearest-frame mapping ``attention.grids.token_grid_from_labels`` uses, so the
         reference video, the token grid and the dual-clock masks agree frame by frame.
         """
-        t, n = self.source_frames, self.num_frames
-        if n == 1:
-            return [0]
-        return [math.floor(f * (t - 1) / (n - 1) + 0.5) for f in range(n)]
+        return frame_map(self.source_frames, self.num_frames)
 
 
 def _centre_crop(height: int, width: int, aspect: float) -> tuple[int, int, int, int]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..attention.families import WAN_TEXT_TOKENS
+
 logger = logging.getLogger(__name__)
 
 TINY_FAMILIES = ("cogvideox-1.0-i2v", "cogvideox-1.5-i2v", "wan2.1-i2v", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b",
@@ -31,8 +33,6 @@ spelt out letter by letter, so prompts made of these words stay short."""
 
 COG_TEXT_TOKENS = 32
 """Text length of the tiny CogVideoX (its transformer's max_text_seq_length; the real models have 226)."""
-WAN_TEXT_TOKENS = 512
-"""diffusers' Wan processors hard-code 512 text tokens, so even the tiny Wan keeps them."""
 CLIP_TEXT_TOKENS = 77
 """CLIP's real text length (the tiny tokenizer splits unknown words into letters)."""
 
