@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 import uuid
 from pathlib import Path
 
 import av
 import pytest
+from playwright.sync_api import Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from _support import WORKFLOWS
 from native_wan import TINY_FRAMES, TINY_SIZE, tiny_workflow
@@ -90,26 +91,51 @@ def tiny_swaps(path: Path, api: dict) -> tuple[dict[str, dict], int, bool]:
     return swaps, frames, False
 
 
-def wait_for_entry(client: ComfyClient, before: set[str], page) -> dict:
-    """The history entry of the prompt queued from the page; fails fast when none was queued or it failed."""
-    deadline = time.monotonic() + 600
-    queued_by = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        history = client._request("GET", "/history") or {}
-        for prompt_id in set(history) - before:
-            status = history[prompt_id].get("status", {})
-            if status.get("status_str") == "error":
-                raise AssertionError(f"the prompt queued from the page failed: {status.get('messages')}")
-            if status.get("completed"):
-                return history[prompt_id]
-        queue = client._request("GET", "/queue") or {}
-        if not (set(history) - before) and not (queue.get("queue_running") or queue.get("queue_pending")) \
-                and time.monotonic() > queued_by:
-            dialogs = page.evaluate("() => [...document.querySelectorAll('.p-dialog, .p-toast-message')]"
-                                    ".map((d) => d.innerText)")
-            raise AssertionError(f"nothing was queued from the page; the page shows {dialogs}")
-        time.sleep(0.5)
-    raise AssertionError("the prompt queued from the page did not finish in 600 s")
+QUEUE_JS = """async ([prefix, swaps]) => {
+  const node = app.graph.nodes.find((n) => n.type === 'TTM_VideoCombine');
+  node.widgets.find((w) => w.name === 'filename_prefix').value = prefix;
+  for (const [id, values] of Object.entries(swaps)) {
+    const target = app.graph.getNodeById(Number(id));
+    for (const [name, value] of Object.entries(values)) {
+      const widget = target.widgets.find((w) => w.name === name);
+      if (!widget) throw new Error(`node ${id} (${target.type}) has no widget ${name}`);
+      widget.value = value;
+    }
+  }
+  return String(await app.queuePrompt(0, 1));
+}"""
+DIALOGS_JS = "() => [...document.querySelectorAll('.p-dialog, .p-toast-message')].map((d) => d.innerText)"
+
+
+def queue_from_page(page: Page, prefix: str, swaps: dict[str, dict]) -> str:
+    """Queue the loaded graph as an artist would (app.queuePrompt); returns the prompt id the server gave it.
+
+    Waits for the page's own POST /prompt and its answer, so a prompt the frontend never sent or the
+    server refused fails here with the answer, the page's dialogs and its console, not after a timeout.
+    """
+    console: list[str] = []
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    returned = "app.queuePrompt was not reached"
+    try:
+        with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/prompt"),
+                                  timeout=60_000) as answer:
+            returned = page.evaluate(QUEUE_JS, [prefix, swaps])
+    except PlaywrightTimeoutError:
+        raise AssertionError(f"the page sent no POST /prompt (app.queuePrompt returned {returned}); "
+                             f"dialogs: {page.evaluate(DIALOGS_JS)}; console: {console[-10:]}") from None
+    body = answer.value.json()
+    assert answer.value.status == 200 and not body.get("node_errors"), \
+        f"the server refused the prompt queued from the page: {body}; dialogs: {page.evaluate(DIALOGS_JS)}"
+    return body["prompt_id"]
+
+
+def test_a_prompt_the_server_refuses_fails_with_its_answer(comfy_server) -> None:
+    """The queue check can fail: the Wan workflow on a server without Wan models is refused, and says why."""
+    graph = json.loads((WORKFLOWS / "ttm_wan21_i2v_patch.json").read_text())
+    with comfy_page(comfy_server.url) as page:
+        page.evaluate("async (graph) => { await app.loadGraphData(graph); }", graph)
+        with pytest.raises(AssertionError, match="refused.*wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"):
+            queue_from_page(page, f"ttm/refused_{uuid.uuid4().hex[:8]}", {})
 
 
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
@@ -135,25 +161,13 @@ def test_ui_workflow_loads_matches_api_twin_and_runs(request: pytest.FixtureRequ
         page.screenshot(path=str(artifacts / f"ui_{path.stem}_loaded.png"))
 
         # Queue from the page, as an artist would, with a fresh prefix so nothing is cached.
-        before = set(client._request("GET", "/history") or {})
-        page.evaluate("""async ([prefix, swaps]) => {
-            const node = app.graph.nodes.find((n) => n.type === 'TTM_VideoCombine');
-            node.widgets.find((w) => w.name === 'filename_prefix').value = prefix;
-            for (const [id, values] of Object.entries(swaps)) {
-              const target = app.graph.getNodeById(Number(id));
-              for (const [name, value] of Object.entries(values)) {
-                const widget = target.widgets.find((w) => w.name === name);
-                if (!widget) throw new Error(`node ${id} (${target.type}) has no widget ${name}`);
-                widget.value = value;
-              }
-            }
-            await app.queuePrompt(0, 1);
-        }""", [prefix, swaps])
-        entry = wait_for_entry(client, before, page)
+        prompt_id = queue_from_page(page, prefix, swaps)
+        result = client.wait(prompt_id, timeout=600)
+        assert result.status == "success", f"the prompt queued from the page failed: {result.error}"
         page.wait_for_timeout(1000)
         fit_view(page)
         page.screenshot(path=str(artifacts / f"ui_{path.stem}_ran.png"))
-    videos = [item for output in entry["outputs"].values() for item in output.get("images", [])
+    videos = [item for output in result.history["outputs"].values() for item in output.get("images", [])
               if item["filename"].endswith(".mp4")]
     assert len(videos) == 1 and videos[0]["filename"].startswith(prefix.split("/")[1])
     file = server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"]

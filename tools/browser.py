@@ -14,6 +14,9 @@ from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
+# The frontend is ready for a test once its graph, its first workflow and its websocket client id exist.
+READY_JS = """() => window.app && app.graph && document.querySelector('#graph-canvas')
+  && app.extensionManager?.workflow?.activeWorkflow && app.api?.clientId"""
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -28,7 +31,7 @@ def chromium_path() -> str:
 
 @contextmanager
 def comfy_page(url: str, timeout_ms: int = 60_000) -> Iterator[Page]:
-    """A page with ComfyUI's frontend loaded and its graph ready (``window.app.graph``)."""
+    """A page with ComfyUI's frontend started: graph, first workflow and websocket ready (READY_JS)."""
     with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="ttm-chromium-") as profile:
         context = playwright.chromium.launch_persistent_context(
             profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS,
@@ -37,7 +40,9 @@ def comfy_page(url: str, timeout_ms: int = 60_000) -> Iterator[Page]:
             page = context.new_page()
             page.set_default_timeout(timeout_ms)
             page.goto(url)
-            page.wait_for_function("() => window.app && window.app.graph && document.querySelector('#graph-canvas')")
+            # window.app appears before the frontend has finished starting: it still loads the default
+            # workflow (which would replace a graph loaded now) and opens the websocket afterwards.
+            page.wait_for_function(READY_JS)
             yield page
         finally:
             context.close()
