@@ -18,6 +18,7 @@ import pytest
 
 from _support import ROOT, WORKFLOWS, load_workflow
 from tools.comfy_harness import ComfyServer
+from ttm_core import batch
 from ttm_core.client import ComfyClient
 from ttm_core.jobs import JobError, read_jobs, validate_jobs
 
@@ -224,3 +225,42 @@ def test_resume_after_ctrl_c_runs_only_unfinished_jobs(two_servers: list[ComfySe
     assert len({e["run"] for e in second}) == 1 and second[0]["run"] != first[0]["run"]
     refused = subprocess.run(batch_command([server], jobs, out), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--resume" in refused.stderr
+
+
+def test_a_prompt_that_lands_after_ctrl_c_is_withdrawn(two_servers: list[ComfyServer], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while a POST /prompt is on its way: the prompt lands after cancel() ran and must not stay queued."""
+    server = two_servers[1]
+    client = ComfyClient(server.url)
+    workflow = load_workflow(WORKFLOW.name)
+    blocker = json.loads(json.dumps(workflow))  # keeps the server busy, so ours would wait in the queue
+    for node in blocker.values():
+        if node["class_type"] == "TTM_ImageToMotion":
+            node["inputs"]["num_frames"] = 400
+        if node["class_type"] == "TTM_VideoCombine":
+            node["inputs"]["filename_prefix"] = f"ttm/blocker_{time.monotonic_ns()}"
+    blocker_id = client.queue(blocker)
+    jobs, errors = validate_jobs(read_jobs(write_jobs(tmp_path, [job(0)])), workflow, client.object_info(), tmp_path)
+    assert jobs and not errors
+    runner = batch.BatchRunner([server.url], workflow, jobs, tmp_path / "out", per_server=1)
+    sent: list[str | None] = []
+
+    class CancelledInFlight(ComfyClient):
+        def queue(self, prompt, prompt_id=None):  # the user's Ctrl-C reaches cancel() while this POST is on its way
+            runner.cancel()
+            sent.append(prompt_id)
+            return super().queue(prompt, prompt_id)
+
+    monkeypatch.setattr(batch, "ComfyClient", CancelledInFlight)
+    try:
+        outcomes = runner.run()
+        assert [o.status for o in outcomes] == ["cancelled"] and len(sent) == 1 and sent[0]
+        queue = client._request("GET", "/queue")
+        assert sent[0] not in {item[1] for item in queue["queue_pending"] + queue["queue_running"]}
+    finally:
+        client.interrupt(blocker_id)
+        client.wait(blocker_id, timeout=120)
+    time.sleep(0.5)
+    assert client.history(sent[0]) is None  # never ran
+    assert not any(client._request("GET", "/queue").values())
+

@@ -194,16 +194,25 @@ class BatchRunner:
                     uploaded[path] = client.upload_image(path.read_bytes(), name)
             prompt = apply_job(self.workflow, job, uploaded, f"ttm-batch/{self.run_token}/{job.id}_a{task.attempt}")
             with client.socket(timeout=1.0) as socket:
-                try:
-                    prompt_id = client.queue(prompt)
-                except ComfyUnreachable:
-                    raise
-                except ComfyError as err:  # node_errors / HTTP 400: the job itself is wrong
-                    raise _JobFailed(str(err), retryable=False) from None
+                # The id is ours and registered before the POST: a Ctrl-C while it is in flight
+                # (cancel() reads server.running) still deletes the prompt if it lands.
+                prompt_id = uuid.uuid4().hex
                 with self._lock:
+                    if self._stop.is_set():
+                        raise _Cancelled
                     server.running[prompt_id] = job.id
                 try:
+                    try:
+                        client.queue(prompt, prompt_id)
+                    except ComfyUnreachable:
+                        raise
+                    except ComfyError as err:  # node_errors / HTTP 400: the job itself is wrong
+                        raise _JobFailed(str(err), retryable=False) from None
                     self._follow(socket, client, prompt_id, job, server, slot, started)
+                except _Cancelled:
+                    # cancel() may have run before this prompt reached the queue: withdraw it here too.
+                    _withdraw(client, [prompt_id])
+                    raise
                 finally:
                     with self._lock:
                         server.running.pop(prompt_id, None)
@@ -346,13 +355,7 @@ class BatchRunner:
                 prompt_ids = list(server.running)
             if not prompt_ids or not server.alive:
                 continue
-            client = ComfyClient(server.url, timeout=10)
-            try:
-                client.delete_queued(prompt_ids)
-                for prompt_id in prompt_ids:
-                    client.interrupt(prompt_id)
-            except ComfyError as err:
-                LOG.warning("could not cancel on %s: %s", server.url, err)
+            _withdraw(ComfyClient(server.url, timeout=10), prompt_ids)
 
     def _fail_remaining(self, reason: str, status: str = "failed") -> None:
         for job in self.jobs:
@@ -365,6 +368,16 @@ class BatchRunner:
 def _node_title(workflow: dict[str, Any], node_id: str) -> str:
     node = workflow.get(str(node_id), {})
     return node.get("_meta", {}).get("title") or node.get("class_type", str(node_id))
+
+
+def _withdraw(client: ComfyClient, prompt_ids: list[str]) -> None:
+    """Delete our prompts from the server's queue and interrupt whichever of them runs (both idempotent)."""
+    try:
+        client.delete_queued(prompt_ids)
+        for prompt_id in prompt_ids:
+            client.interrupt(prompt_id)
+    except ComfyError as err:
+        LOG.warning("could not cancel on %s: %s", client.base_url, err)
 
 
 def _answers(url: str) -> bool:

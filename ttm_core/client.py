@@ -95,13 +95,18 @@ class ComfyClient:
     def object_info(self) -> dict[str, Any]:
         return self._request("GET", "/object_info")
 
-    def queue(self, prompt: Mapping[str, Any]) -> str:
+    def queue(self, prompt: Mapping[str, Any], prompt_id: str | None = None) -> str:
         """Queue an API-format prompt; returns its prompt id.
 
+        ``prompt_id`` names the prompt before it is sent (ComfyUI takes the caller's id), so a
+        caller that is cancelled while the request is in flight still knows what to delete.
         Raises ComfyError when the server refuses it (HTTP 400) or reports ``node_errors``
         (ComfyUI answers 200 and runs the valid part when only some outputs are invalid).
         """
-        answer = self._request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})
+        body = {"prompt": prompt, "client_id": self.client_id}
+        if prompt_id is not None:
+            body["prompt_id"] = prompt_id
+        answer = self._request("POST", "/prompt", body)
         if answer.get("node_errors"):
             raise ComfyError(f"the server refused nodes: {_describe(answer)}", answer)
         return answer["prompt_id"]
