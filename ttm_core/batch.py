@@ -207,6 +207,7 @@ class BatchRunner:
                     except ComfyUnreachable:
                         raise
                     except ComfyError as err:  # node_errors / HTTP 400: the job itself is wrong
+                        _withdraw(client, [prompt_id])  # with node_errors ComfyUI still runs the valid part
                         raise _JobFailed(str(err), retryable=False) from None
                     self._follow(socket, client, prompt_id, job, server, slot, started)
                 except _Cancelled:
