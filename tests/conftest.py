@@ -29,20 +29,26 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
+def _serve(base: Path, artifacts: Path, log_name: str) -> Iterator[ComfyServer]:
+    """Start a ComfyUI on ``base``, yield it, then stop it and keep its log as artifacts/``log_name``."""
+    server = ComfyServer(base)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.copy(server.log_path, artifacts / log_name)
+
+
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path,
                  tiny_models: TinyModels) -> Iterator[ComfyServer]:
     """A real ComfyUI (the project's, or TTM_COMFYUI_DIR) with the pack, on a free loopback port.
 
     Its models folder holds the tiny models under the names the shipped workflows use."""
-    server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
-    tiny_models.install(server.base / "models")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.copy(server.log_path, artifacts / "comfyui-test-server.log")
+    base = tmp_path_factory.mktemp("comfyui")
+    tiny_models.install(base / "models")
+    yield from _serve(base, artifacts, "comfyui-test-server.log")
 
 
 @pytest.fixture(scope="session")
@@ -59,13 +65,7 @@ def native_wan_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path)
     """
     base = tmp_path_factory.mktemp("comfyui-native-wan")
     write_native_wan(base / "models")
-    server = ComfyServer(base)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.copy(server.log_path, artifacts / "comfyui-native-wan-server.log")
+    yield from _serve(base, artifacts, "comfyui-native-wan-server.log")
 
 
 @pytest.fixture(scope="session")
