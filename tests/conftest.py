@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from _support import ROOT
-from _tiny_models import TinyModels, build_tiny_models
+from common import ROOT
+from tiny_models import TinyModels, build_tiny_models
 from native_wan import FIXTURES, write_native_wan
 from tools.comfy_harness import ComfyServer
 from ttm_core.client import ComfyClient

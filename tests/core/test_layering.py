@@ -1,0 +1,83 @@
+"""Layering and hygiene: ttm_core never imports ComfyUI; no print, no bare except."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "comfy_config", "folder_paths", "server",
+                 "nodes", "execution", "node_helpers", "latent_preview", "app", "utils"}
+CORE_FILES = sorted((ROOT / "ttm_core").rglob("*.py"))
+PACK_FILES = CORE_FILES + sorted((ROOT / "nodes").rglob("*.py")) + [ROOT / "__init__.py"]
+
+
+def imports(path: Path) -> list[tuple[str, int]]:
+    """(module, relative level) for every import in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, 0) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module or "", node.level))
+    return found
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_ttm_core_imports_nothing_from_comfyui(path: Path) -> None:
+    depth = len(path.relative_to(ROOT / "ttm_core").parts)  # 1 for ttm_core/x.py
+    for module, level in imports(path):
+        if level == 0:
+            assert module.split(".")[0] not in COMFY_MODULES, f"{path.name} imports {module}"
+        else:
+            assert level <= depth, f"{path.name}: 'from {'.' * level}{module}' leaves ttm_core"
+
+
+def test_importing_ttm_core_loads_no_comfy_and_has_no_side_effects() -> None:
+    modules = [".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__") for p in CORE_FILES]
+    code = (
+        "import logging, sys\n"
+        "handlers = list(logging.getLogger().handlers)\n"
+        f"for name in {modules!r}:\n"
+        "    __import__(name)\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(COMFY_MODULES)!r})\n"
+        "assert not bad, bad\n"
+        "assert logging.getLogger().handlers == handlers, 'a module configured logging at import'\n"
+        "print('ok', len(sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok")
+
+
+@pytest.mark.parametrize("path", PACK_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_print_and_no_bare_except(path: Path) -> None:
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id != "print", f"{path.name}:{node.lineno} uses print; use logging"
+        if isinstance(node, ast.ExceptHandler):
+            assert node.type is not None, f"{path.name}:{node.lineno} has a bare except"
+
+
+def test_nodes_import_the_core_relatively() -> None:
+    """`nodes` is also ComfyUI's own top-level module: the pack must never import itself absolutely.
+
+    The one absolute `nodes` import allowed is ComfyUI's own, spelled `import nodes as comfy_nodes`.
+    """
+    for path in sorted((ROOT / "nodes").rglob("*.py")) + [ROOT / "__init__.py"]:
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name == "nodes":
+                        assert alias.asname == "comfy_nodes", f"{path.name}: import ComfyUI's nodes as comfy_nodes"
+                    else:
+                        assert alias.name.split(".")[0] != "ttm_core", f"{path.name} imports {alias.name} absolutely"
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert (node.module or "").split(".")[0] not in {"nodes", "ttm_core"}, \
+                    f"{path.name} imports {node.module} absolutely"

@@ -1,0 +1,252 @@
+"""CogVideoX (1.0 / 1.5 I2V) in diffusers: the family adapter.
+
+=================  ========  ======  =======  =======  ==========================================
+variant            VAE t     VAE s   patch    px/token token order
+=================  ========  ======  =======  =======  ==========================================
+CogVideoX 1.0 I2V  4 causal  8       1x2x2    16       [text ; (t, y, x)] joint sequence
+CogVideoX 1.5 I2V  4 causal  8       2x2x2    16       [text ; (t, y, x)], latent frames padded at
+                                                       the FRONT to an even count (the pipeline pads
+                                                       one latent frame there and drops it after
+                                                       decoding)
+=================  ========  ======  =======  =======  ==========================================
+
+One JOINT attention per block (``transformer_blocks.i.attn1``) over [text ; video] carries both
+masked self- and masked cross-attention; the local prompts join it as extra keys. The pipeline
+batches classifier-free guidance as [uncond ; cond] and keeps its latents as [B, F, C, H, W].
+CogVideoX 1.0's learned positional embeddings fix its size (720 x 480) and length (49 frames).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..attention.grids import VideoGeometry
+from ..attention.kernels import partitioned_attention, sdpa
+from ..attention.processors import MaskedProcessor, rows_only, selects_no_row
+from .base import CAUSAL_4K1, Family, ModelIndex, Site, Variant
+
+if TYPE_CHECKING:
+    from ..attention.layers import MaskedBlockLayers
+    from ..attention.state import LocalContext, MaskedAttentionState
+
+logger = logging.getLogger(__name__)
+
+COGVIDEOX_10 = VideoGeometry("cogvideox-1.0-i2v", temporal_ratio=4, causal=True, spatial_ratio=8, patch=(1, 2, 2))
+COGVIDEOX_15 = VideoGeometry("cogvideox-1.5-i2v", temporal_ratio=4, causal=True, spatial_ratio=8, patch=(2, 2, 2),
+                             pad_front=True)
+
+
+def _corner_weights(a: float, b: float) -> dict[tuple[bool, bool], float]:
+    """Bilinear weights of (masked self on?, masked cross on?) for strengths a (self) and b (cross)."""
+    weights = {(False, False): (1 - a) * (1 - b), (True, False): a * (1 - b),
+               (False, True): (1 - a) * b, (True, True): a * b}
+    return {corner: w for corner, w in weights.items() if w > 0.0}
+
+
+class CogVideoXJointProcessor(MaskedProcessor):
+    """CogVideoX ``attn1``: the joint [text ; video] attention with masked self and masked cross.
+
+    Local-prompt tokens join the joint sequence as extra keys: the model's ``text_proj`` then this
+    block's own ``norm1`` modulation (text branch, read from the block's ``temb``), exactly what
+    the global prompt's tokens get at block 0. Text rows never see them; video rows see object
+    l's tokens inside l's box.
+    """
+
+    def __init__(self, name: str, state: MaskedAttentionState, original: Any, block: nn.Module,
+                 layers: MaskedBlockLayers | None = None, local: LocalContext | None = None) -> None:
+        super().__init__(name, state, original, layers, local)
+        self.block = block
+        self.temb: torch.Tensor | None = None
+
+    def capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook on the block: remember this step's time embedding."""
+        self.temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
+
+    def _local_tokens(self, batch: int, like: torch.Tensor) -> torch.Tensor:
+        local = self.local.get(like.device, like.dtype)[None].expand(batch, -1, -1)
+        if self.temb is None:
+            raise RuntimeError("CogVideoX masked cross-attention needs the block's temb (pre-hook not installed)")
+        _, modulated, _, _ = self.block.norm1(local, local, self.temb)
+        return modulated
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None,
+                 image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None):
+        a, b = self.state.self_strength, self.state.cross_strength
+        if (a == 0.0 and b == 0.0) or attention_mask is not None:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        self.state.calls[self.name] += 1
+        text_len = encoder_hidden_states.shape[1]
+        batch, num_video = hidden_states.shape[:2]
+        rows = self.state.cross_row_index(batch, hidden_states.device) if b else None
+        if selects_no_row(rows):  # no batch row takes the local prompts: masked self only
+            b, rows = 0.0, None
+            if a == 0.0:
+                return self.original(attn, hidden_states, encoder_hidden_states, None, image_rotary_emb)
+        if self.new_layers:
+            video, text = self.original(attn, hidden_states, encoder_hidden_states, None, image_rotary_emb)
+            extra = torch.zeros_like(video)
+            if a:
+                layer = self.layers.masked_self
+                rope = (lambda t: _cog_rope(t, image_rotary_emb)) if image_rotary_emb is not None else None
+                plan = self.state.video_self_plan(num_video)
+                extra = extra + a * layer(self._layer_input(layer, hidden_states), plan, rope,
+                                          self.state.backend).to(video.dtype)
+            if b:
+                layer = self.layers.masked_cross
+                x = self._layer_input(layer, hidden_states)
+                context = self.local.get(x.device, x.dtype)[None].expand(batch, -1, -1)
+                cross = layer(x, context, self.state.local_plan(num_video), self.state.backend).to(video.dtype)
+                if rows is not None:
+                    cross = rows_only(cross, rows)
+                extra = extra + b * cross
+            return video + extra, text
+
+        joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        q, k, v = (rearrange(proj(joint), "b n (h d) -> b h n d", h=attn.heads)
+                   for proj in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if image_rotary_emb is not None:
+            q = torch.cat([q[:, :, :text_len], _cog_rope(q[:, :, text_len:], image_rotary_emb)], dim=2)
+            k = torch.cat([k[:, :, :text_len], _cog_rope(k[:, :, text_len:], image_rotary_emb)], dim=2)
+        k_local = v_local = None
+        if b:
+            local = self._local_tokens(batch, hidden_states)
+            k_local = rearrange(attn.to_k(local), "b m (h d) -> b h m d", h=attn.heads)
+            if attn.norm_k is not None:
+                k_local = attn.norm_k(k_local)
+            v_local = rearrange(attn.to_v(local), "b m (h d) -> b h m d", h=attn.heads)
+
+        def corners(select: torch.Tensor | None, cross_on: bool) -> torch.Tensor:
+            pick = (lambda t: t) if select is None else (lambda t: t.index_select(0, select))
+            rows_q, rows_k, rows_v = pick(q), pick(k), pick(v)
+            total = None
+            for (self_on, with_cross), weight in _corner_weights(a, b if cross_on else 0.0).items():
+                if not self_on and not with_cross:
+                    part = sdpa(rows_q, rows_k, rows_v)
+                else:
+                    plan = self.state.joint_plan(text_len, num_video, self_on, with_cross)
+                    keys, values = rows_k, rows_v
+                    if with_cross:  # [text ; video ; local prompts], built for the selected rows only
+                        keys = torch.cat([rows_k, pick(k_local)], dim=2)
+                        values = torch.cat([rows_v, pick(v_local)], dim=2)
+                    part = partitioned_attention(rows_q, keys, values, plan, backend=self.state.backend)
+                    del keys, values
+                part = part if weight == 1.0 else part * weight
+                total = part if total is None else total + part
+            return total
+
+        if rows is None:
+            out = corners(None, True)
+        else:  # each classifier-free-guidance half computed once: local prompts on the `rows` only
+            keep = torch.ones(batch, dtype=torch.bool, device=rows.device)
+            keep[rows] = False
+            others = keep.nonzero().flatten()
+            cross_part = corners(rows, True)
+            out = cross_part.new_empty(batch, *cross_part.shape[1:]).index_copy_(0, rows, cross_part)
+            del cross_part
+            if others.numel():
+                out.index_copy_(0, others, corners(others, False))
+        out = attn.to_out[1](attn.to_out[0](rearrange(out, "b h n d -> b n (h d)")))
+        text_out, video_out = out.split([text_len, num_video], dim=1)
+        return video_out, text_out
+
+
+def _cog_rope(x: torch.Tensor, image_rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    return apply_rotary_emb(x, image_rotary_emb)
+
+
+class CogVideoXFamily(Family):
+    name = "cogvideox"
+    denoiser_classes = ("CogVideoXTransformer3DModel",)
+    variants = (
+        Variant("cogvideox-1.0-i2v", "CogVideoX 1.0 I2V", "CogVideoXImageToVideoPipeline", ("transformer",),
+                CAUSAL_4K1, 5, (480, 720), True, 49, 50, 6.0, 8.0, "T5-XXL"),
+        Variant("cogvideox-1.5-i2v", "CogVideoX 1.5 I2V", "CogVideoXImageToVideoPipeline", ("transformer",),
+                CAUSAL_4K1, 5, (768, 1360), False, 81, 50, 6.0, 16.0, "T5-XXL"),
+    )
+    pipeline_classes = ("CogVideoXImageToVideoPipeline",)
+    unsupported = {
+        "CogVideoXPipeline": "a text-to-video CogVideoX; Stage 2 animates an image, so use CogVideoX-5b-I2V or "
+                             "CogVideoX1.5-5B-I2V",
+        "CogVideoXVideoToVideoPipeline": "CogVideoX video-to-video; use the I2V model (CogVideoX-5b-I2V)",
+    }
+
+    # -------------------------------------------------------------- masked attention on a denoiser
+    def geometry(self, model: nn.Module, vae: nn.Module | None = None) -> VideoGeometry:
+        config = model.config
+        p, pt = config.patch_size, config.patch_size_t
+        base = COGVIDEOX_10 if pt is None else COGVIDEOX_15
+        return VideoGeometry(base.name, config.temporal_compression_ratio, True, 8, (pt or 1, p, p),
+                             pad_front=pt is not None)
+
+    def sites(self, model: nn.Module) -> list[Site]:
+        return [Site(i, f"transformer_blocks.{i}", f"transformer_blocks.{i}.attn1", None)
+                for i in range(len(model.transformer_blocks))]
+
+    def local_prompt_width(self, model: nn.Module) -> int | None:
+        return int(model.config.text_embed_dim)
+
+    def local_context_projector(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``patch_embed.text_proj`` (before the per-block modulation)."""
+        return model.patch_embed.text_proj
+
+    def layer_context_width(self, model: nn.Module, dim: int) -> int | None:
+        return dim  # local prompts reach the new layers through the model's own text projection
+
+    def site_processors(self, name: str, site: Site, modules: dict[str, nn.Module], saved: dict[str, Any],
+                        state: Any, layers: Any, local: Any) -> tuple[dict[str, Any], list[Any]]:
+        key = f"{site.self_attn}.processor"
+        block = modules[site.block]
+        processor = CogVideoXJointProcessor(f"{name}.{site.self_attn}", state, saved[key], block, layers, local)
+        return {key: processor}, [block.register_forward_pre_hook(processor.capture, with_kwargs=True)]
+
+    # -------------------------------------------------------------------- its diffusers pipelines
+    def detect(self, index: ModelIndex, refuse: Callable[[str], Exception]) -> Variant:
+        if "transformer" not in index.components:
+            raise refuse("it has no transformer")
+        patch_t = index.component_config("transformer").get("patch_size_t")
+        return self.variant("cogvideox-1.0-i2v" if patch_t is None else "cogvideox-1.5-i2v")
+
+    def latents_to_bcfhw(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "b f c h w -> b c f h w")
+
+    def latents_from_bcfhw(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "b c f h w -> b f c h w")
+
+    def encode_reference(self, pipeline: Any, video: torch.Tensor, device: torch.device) -> torch.Tensor:
+        vae = pipeline.vae
+        x = rearrange(video, "f h w c -> 1 c f h w").to(device, vae.dtype) * 2.0 - 1.0
+        return vae.encode(x).latent_dist.mode().to(torch.float32) * vae.config.scaling_factor
+
+    def text_tokens(self, pipeline: Any) -> int:
+        return int(pipeline.transformer.config.max_text_seq_length)
+
+    def encode_prompt(self, pipeline: Any, text: str, device: torch.device, max_tokens: int) -> torch.Tensor:
+        return pipeline._get_t5_prompt_embeds(prompt=text, num_videos_per_prompt=1, max_sequence_length=max_tokens,
+                                              device=device)
+
+    def fixed_size(self, variant: Variant, pipeline: Any, geometry: VideoGeometry
+                   ) -> tuple[tuple[int, int], int] | None:
+        config = pipeline.transformer.config
+        if not (variant.fixed_size and config.use_learned_positional_embeddings):
+            return None
+        ratio = geometry.spatial_ratio
+        return (config.sample_height * ratio, config.sample_width * ratio), int(config.sample_frames)
+
+    def pipeline_kwargs(self, pipeline: Any, fps: float) -> dict[str, object]:
+        return {"max_sequence_length": self.text_tokens(pipeline)}
+
+
+COGVIDEOX = CogVideoXFamily()
