@@ -1,4 +1,4 @@
-"""The `comfy` backend of Masked Motion To Video: patch the user's Wan model and sample it.
+"""The one-node path (Masked Motion To Video, Wan native): patch the user's Wan model and sample it.
 
 Everything is ComfyUI's own machinery: WanImageToVideo / Wan22ImageToVideoLatent build the
 conditioning and latent, common_ksampler samples (progress bar per step, cancel, model
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import comfy.samplers
@@ -16,12 +17,40 @@ import nodes as comfy_nodes  # ComfyUI's own top-level nodes module (the pack's 
 import torch
 from comfy_extras.nodes_wan import Wan22ImageToVideoLatent, WanImageToVideo
 
-from ..ttm_core.attention.grids import WAN22_TI2V
 from ..ttm_core.errors import TTMInputError
+from ..ttm_core.stage2.families.wan import WAN22_TI2V
+from ..ttm_core.stage2.settings import Sampling, Stage2Settings
 from ..ttm_core.types import Trajectory
-from .native_wan import PatchSettings, check_wan, patch_wan
+from .patch import patch_wan
+from .wan import check_wan
 
 LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NativeSampling:
+    """ComfyUI's sampler settings of the one-node path.
+
+    Attributes:
+        sampling: seed, steps, cfg, negative prompt, size and frames (0 = from the image / trajectory).
+        sampler_name, scheduler: ComfyUI's sampler and scheduler names.
+        expert_switch: with a second expert (Wan 2.2 A14B), the fraction of the steps the first runs.
+    """
+
+    sampling: Sampling
+    sampler_name: str = "euler"
+    scheduler: str = "simple"
+    expert_switch: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.sampler_name not in comfy.samplers.SAMPLER_NAMES:
+            raise TTMInputError("sampler_name", f"{self.sampler_name!r} is not a ComfyUI sampler",
+                                f"use one of {', '.join(comfy.samplers.SAMPLER_NAMES[:6])}, ...")
+        if self.scheduler not in comfy.samplers.SCHEDULER_NAMES:
+            raise TTMInputError("scheduler", f"{self.scheduler!r} is not a ComfyUI scheduler",
+                                f"use one of {', '.join(comfy.samplers.SCHEDULER_NAMES)}")
+        if not (math.isfinite(self.expert_switch) and 0.0 <= self.expert_switch <= 1.0):
+            raise TTMInputError("expert_switch", f"{self.expert_switch} is outside 0..1", "give a fraction of the steps")
 
 
 def video_size(image: torch.Tensor, trajectory: Trajectory, width: int, height: int, length: int,
@@ -42,35 +71,37 @@ def video_size(image: torch.Tensor, trajectory: Trajectory, width: int, height: 
     return width, height, frames
 
 
-def render(model: Any, clip: Any, vae: Any, image: torch.Tensor, trajectory: Trajectory, settings: PatchSettings,
-           negative_prompt: str, width: int, height: int, length: int, seed: int, steps: int, cfg: float,
-           sampler_name: str, scheduler: str, model_2: Any = None, expert_switch: float = 0.5,
-           clip_vision: Any = None) -> torch.Tensor:
+def render(model: Any, clip: Any, vae: Any, image: torch.Tensor, trajectory: Trajectory, settings: Stage2Settings,
+           native: NativeSampling, model_2: Any = None, clip_vision: Any = None) -> torch.Tensor:
     """Render Stage 2 with a native Wan model; returns float32 ``[F, H, W, 3]`` frames."""
-    geometry, _, _ = check_wan(model)
-    multiple = 32 if geometry is WAN22_TI2V else 16
-    width, height, frames = video_size(image[0], trajectory, width, height, length, multiple)
+    info = check_wan(model)
+    sampling = native.sampling
+    multiple = 32 if info.geometry is WAN22_TI2V else 16
+    width, height, frames = video_size(image[0], trajectory, sampling.width, sampling.height, sampling.num_frames,
+                                       multiple)
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(trajectory.objects.prompts.global_prompt))
-    negative = clip.encode_from_tokens_scheduled(clip.tokenize(negative_prompt))
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(sampling.negative_prompt))
     start = image[:1]
-    if geometry is WAN22_TI2V:
+    if info.geometry is WAN22_TI2V:
         latent = Wan22ImageToVideoLatent.execute(vae, width, height, frames, 1, start_image=start).args[0]
     else:
         vision = clip_vision.encode_image(start, crop=False) if clip_vision is not None else None
         positive, negative, latent = WanImageToVideo.execute(positive, negative, vae, width, height, frames, 1,
                                                              start_image=start, clip_vision_output=vision).args
-    patched, patched_2, patch = patch_wan(model, clip, trajectory, settings, vae, image[0], latent["samples"], model_2)
-    patch.schedule = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+    steps, seed, cfg = sampling.steps, sampling.seed, sampling.cfg
+    schedule = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), native.scheduler, steps)
+    patched, patched_2, _ = patch_wan(model, clip, trajectory, settings, vae, image[0], latent["samples"], model_2,
+                                      schedule=schedule)
+    ksampler = dict(seed=seed, steps=steps, cfg=cfg, sampler_name=native.sampler_name, scheduler=native.scheduler,
+                    positive=positive, negative=negative)
     if patched_2 is None:
-        (latent,) = comfy_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                                latent)
+        (latent,) = comfy_nodes.common_ksampler(patched, latent=latent, **ksampler)
     else:
-        switch = min(steps - 1, max(1, math.floor(expert_switch * steps + 0.5)))
-        (latent,) = comfy_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                                latent, start_step=0, last_step=switch, force_full_denoise=False)
-        (latent,) = comfy_nodes.common_ksampler(patched_2, seed, steps, cfg, sampler_name, scheduler, positive,
-                                                negative, latent, disable_noise=True, start_step=switch,
-                                                last_step=10000, force_full_denoise=True)
+        switch = min(steps - 1, max(1, math.floor(native.expert_switch * steps + 0.5)))
+        (latent,) = comfy_nodes.common_ksampler(patched, latent=latent, start_step=0, last_step=switch,
+                                                force_full_denoise=False, **ksampler)
+        (latent,) = comfy_nodes.common_ksampler(patched_2, latent=latent, disable_noise=True, start_step=switch,
+                                                last_step=10000, force_full_denoise=True, **ksampler)
     images = vae.decode(latent["samples"])
     if images.ndim == 5:
         images = images.reshape(-1, *images.shape[-3:])

@@ -12,12 +12,16 @@ from .object_nodes import ObjectsFromMasks
 from .patch_nodes import PatchModel
 from .prompt_nodes import PromptDecompose
 from .segment_nodes import DetectorLoader, SAM2Loader, SAM2Segment
-from .video_nodes import MaskedMotionToVideo, VideoCombine
+from .stage2_nodes import DiffusersMotionToVideo, MaskedMotionToVideo, WanMotionToVideo, WarpMotionToVideo
+from .video_nodes import VideoCombine
 
 NODES: list[type[io.ComfyNode]] = [
     PromptDecompose,
     ObjectsFromMasks,
     ImageToMotion,
+    WarpMotionToVideo,
+    WanMotionToVideo,
+    DiffusersMotionToVideo,
     MaskedMotionToVideo,
     PatchModel,
     VideoCombine,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..ttm_core.errors import TTMInputError
-from ..ttm_core.llm import HttpLLM, load_local_llm
+from ..ttm_core.prompts.llm import HttpLLM, load_local_llm
 from ._common import CATEGORY, check_combo
 from ._models import DEVICES, LLM_FOLDER, PRECISIONS, check_entry, compute_dtype, devices, llm_entries, manage, resolve
 

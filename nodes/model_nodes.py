@@ -32,8 +32,8 @@ from comfy_api.latest import io, ui
 from torch import nn
 
 from ..ttm_core.errors import TTMInputError
-from ..ttm_core.stage2 import DTYPES, VideoModel, detect_family, list_model_folders, load_video_model, \
-    resolve_model_folder
+from ..ttm_core.stage2.diffusers.loader import DTYPES, VideoModel, load_video_model
+from ..ttm_core.stage2.families.detect import detect_family, list_model_folders, resolve_model_folder
 from ._common import CATEGORY, check_combo
 from ._models import compute_dtype
 
@@ -122,7 +122,7 @@ def _offload_devices(model: VideoModel) -> dict[str, torch.device]:
 def register(model: VideoModel, offload: str) -> LoadedVideoModel:
     """Wrap a loaded model for ComfyUI's memory management (see the module docstring)."""
     device = mm.get_torch_device()
-    notes = [f"{model.family.label}, {str(model.dtype).removeprefix('torch.')}"]
+    notes = [f"{model.variant.label}, {str(model.dtype).removeprefix('torch.')}"]
     patchers: list[tuple[str, comfy.model_patcher.ModelPatcher]] = []
     if offload != "none" and mm.is_device_cpu(device):
         notes.append(f"offload {offload!r} needs a GPU; on the CPU every component simply stays in RAM")
@@ -151,7 +151,7 @@ def load(name: str, dtype: str, offload: str, vae_tiling: bool) -> LoadedVideoMo
     model = load_video_model(folder, torch_dtype, vae_tiling, name=name, detected=detected)
     loaded = register(model, offload)
     sizes = model.parameter_bytes()
-    logger.info("loaded %s (%s): %s", name, model.family.label,
+    logger.info("loaded %s (%s): %s", name, model.variant.label,
                 ", ".join(f"{n} {s / MIB:.0f} MiB" for n, s in sizes.items()))
     return loaded
 

@@ -8,8 +8,9 @@ import torch
 from comfy_api.latest import io
 
 from ..ttm_core.errors import TTMInputError
-from ..ttm_core.motion import mask_centroids, trajectory_from_paths
-from ..ttm_core.paths import attach_splines, parse_paths
+from ..ttm_core.motion.paths import attach_splines, parse_paths
+from ..ttm_core.motion.poses import mask_centroids
+from ..ttm_core.motion.render import trajectory_from_paths
 from ._common import CATEGORY, Objects, Trajectory, check_combo, progress_callback
 
 BACKENDS = ("paths",)
@@ -73,6 +74,7 @@ class ImageToMotion(io.ComfyNode):
                 io.Image.Output("preview", tooltip="The trajectory as a colour video (one colour per object)."),
                 io.Mask.Output("mask", tooltip="Per frame, where any object is (1) or background (0)."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod

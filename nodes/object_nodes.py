@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..ttm_core.masks import objects_from_masks, overlay_preview
+from ..ttm_core.segment.masks import objects_from_masks, overlay_preview
 from ..ttm_core.types import MAX_OBJECTS
 from ._common import CATEGORY, Objects, Prompts
 

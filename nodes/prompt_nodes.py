@@ -7,8 +7,8 @@ import json
 from comfy_api.latest import io
 
 from ..ttm_core.errors import TTMInputError
-from ..ttm_core.llm import HttpLLM, decompose
-from ..ttm_core.prompts import manual_prompts, parse_llm_answer
+from ..ttm_core.prompts.llm import HttpLLM, decompose
+from ..ttm_core.prompts.parse import manual_prompts, parse_llm_answer
 from ._common import CATEGORY, Prompts, check_combo, progress_callback
 from ._models import Managed
 from .llm_nodes import Llm
@@ -83,6 +83,7 @@ class PromptDecompose(io.ComfyNode):
                 io.String.Output("answer", tooltip="llm backend: the LLM's answer (paste it into llm_answer to pin "
                                                    "or edit it); other backends: the prompts as JSON."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod

@@ -7,11 +7,11 @@ import json
 import torch
 from comfy_api.latest import io
 
-from ..ttm_core.detect import load_detector
+from ..ttm_core.segment.detect import load_detector
 from ..ttm_core.errors import TTMInputError
-from ..ttm_core.masks import overlay_preview
-from ..ttm_core.sam2_models import SAM2_INSTALL_HINT, hf_sam2_kind, load_sam2, sam2_available
-from ..ttm_core.segment import MODES, gather_clicks, segment_objects
+from ..ttm_core.segment.masks import overlay_preview
+from ..ttm_core.segment.sam2 import SAM2_INSTALL_HINT, hf_sam2_kind, load_sam2, sam2_available
+from ..ttm_core.segment.first_frame import MODES, gather_clicks, segment_objects
 from ._common import CATEGORY, Objects, Prompts, check_combo, progress_callback
 from ._models import (DETECTOR_FOLDER, DEVICES, PRECISIONS, SAM2_FOLDER, Managed, check_entry, compute_dtype,
                       detector_entries, devices, manage, resolve, sam2_entries)
@@ -160,6 +160,7 @@ class SAM2Segment(io.ComfyNode):
                 io.String.Output("boxes_json", tooltip="Each final mask's bounding box, in the 'boxes' input "
                                                        "format (paste it there to pin this result)."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from _support import ROOT
+from common import ROOT
 from native_wan import build_cached
 from tools.comfy_harness import ComfyInstall
 
@@ -20,7 +20,7 @@ def checks(tmp_path_factory: pytest.TempPathFactory) -> dict:
     install = ComfyInstall.locate()
     files = build_cached(KEYS, install)
     out = tmp_path_factory.mktemp("native-checks") / "checks.json"
-    done = subprocess.run([install.python, str(ROOT / "tests" / "native_patch_checks.py"), "--comfyui",
+    done = subprocess.run([install.python, str(ROOT / "tests" / "support" / "native_patch_checks.py"), "--comfyui",
                            str(install.comfy_dir), "--pack", str(ROOT), "--json-out", str(out),
                            *(f"{k}={v}" for k, v in files.items())],
                           cwd=install.comfy_dir, capture_output=True, text=True, timeout=1800)
@@ -82,3 +82,52 @@ def test_bad_input_and_edge_cases(checks: dict) -> None:
     # A 17-frame video for the 9-frame trajectory: frames matched by nearest index, said in the log.
     assert r["longer_reference_shape"] == [*r["latent_shape"][:2], 5, *r["latent_shape"][3:]]
     assert any("9-frame trajectory to a" in line and ", 17-frame video" in line for line in r["log"])
+
+
+# ------------------------------------------------------------------ beside core's own attention nodes
+def test_node_order_does_not_matter_beside_model_attention_backend(checks: dict) -> None:
+    """Core's Model Attention Backend replaces the stored override without chaining; applied after the patch or
+    before it, the masked output is the same (the patch installs itself per forward, outermost)."""
+    r = result(checks, "override_installed_after_ours")
+    assert r["after_vs_before"] == 0.0
+    assert r["after_vs_without"] < 1e-4  # pytorch attention instead of ComfyUI's default CPU attention
+    assert r["masked_vs_stock"] > 1e-4  # and masked attention really ran
+
+
+def test_wrapped_q_k_v_give_the_same_output(checks: dict) -> None:
+    r = result(checks, "wrapped_qkv")
+    assert r["wrapped_calls"] > 0
+    assert r["wrapped_vs_plain"] == 0.0
+
+
+def test_an_outer_override_with_positional_heads_keeps_masking(checks: dict) -> None:
+    r = result(checks, "foreign_override_passes_heads_positionally")
+    assert r["passed"] > 0 and r["consumed"] == 0
+    assert r["vs_patch_alone"] == 0.0
+
+
+def test_an_override_that_consumes_self_attention_gives_exactly_stock_with_a_reason(checks: dict) -> None:
+    r = result(checks, "foreign_override_consumes_self_attention")
+    assert r["consumed"] > 0 and r["passed"] > 0
+    assert r["vs_stock"] == 0.0
+    assert r["vs_patch_alone"] > 1e-4
+    assert any("did not reach the patch" in line for line in r["log"]), r["log"]
+
+
+def test_extra_tokens_in_the_sequence_give_exactly_stock_with_a_reason(checks: dict) -> None:
+    r = result(checks, "length_mismatch")
+    assert r["vs_stock"] == 0.0
+    assert r["without_extra_masked_vs_stock"] > 1e-4  # the same call without the extra tokens is masked
+    assert any("another input adds tokens" in line for line in r["log"]), r["log"]
+
+
+def test_no_state_is_carried_from_one_sampler_call_to_the_next(checks: dict) -> None:
+    r = result(checks, "no_state_between_sampler_calls")
+    assert r["second_vs_fresh"] == 0.0 and r["seeds_differ"] > 1e-3
+
+
+def test_two_sampler_passes_pin_with_the_first_passes_noise(checks: dict) -> None:
+    r = result(checks, "two_passes_share_the_first_pass_noise")
+    assert r["two_vs_one"] < 1e-4, r
+    assert r["unguided_second_pass_vs_one"] > 1e-3  # without the first pass's noise the split is not the same video
+    assert any("not the output of a guided pass" in line for line in r["log"]), r["log"]

@@ -62,7 +62,7 @@ LOG = logging.getLogger(__name__)
 
 # Bump when the value rules below change: it is part of every cached file's fingerprint.
 FIXTURE_VERSION = 2
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def tiny_workflow(graph: dict, prefix: str, seed: int = 42, steps: int = 2, size
                 inputs[key] = TINY_FILES[inputs[key]]
         if node["class_type"] == "CLIPLoader":
             inputs["type"] = "sd3"  # ComfyUI only loads a full-size umT5 as "wan" (docs/NATIVE_WAN_FIXTURES.md)
-        if node["class_type"] in ("WanImageToVideo", "TTM_MaskedMotionToVideo"):
+        if node["class_type"] in ("WanImageToVideo", "TTM_MaskedMotionToVideo", "TTM_WanMotionToVideo"):
             inputs["width"], inputs["height"], inputs["length"] = size[0], size[1], TINY_FRAMES
         if node["class_type"] == "TTM_ImageToMotion":
             inputs["num_frames"] = TINY_FRAMES
