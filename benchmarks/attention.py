@@ -1,14 +1,5 @@
-"""Benchmarks (not tests): ``python -m ttm_core.bench <subcommand> --json FILE``.
-
-Subcommands:
-    attention   masked self-attention on CPU: dense SDPA vs the naive boolean-mask path vs the
-                grouped path of ``ttm_core.attention`` (time, memory, exactness).
-    stage2      Stage 2 through diffusers on a CogVideoX-like model (8192 video tokens): one
-                denoising step and the whole one-step call, ours vs the stock pipeline
-                (``ttm_core.stage2.bench``).
-
-Later issues add subcommands (e.g. ``stage2``) by writing a ``_<name>_command`` function and
-registering it in ``_SUBCOMMANDS``.
+"""The masked-attention kernel benchmark: dense SDPA vs the naive boolean-mask path vs the grouped path of
+``ttm_core.stage2.attention`` (time, memory, exactness), on CPU. Run it with ``python -m benchmarks attention``.
 
 Timing: all variants of a case run in ONE process, interleaved round by round (the order rotates
 every round) so that machine load hits them alike; the median per variant is reported.
@@ -21,7 +12,6 @@ the high-water mark is used and the "slack" it could hide is reported.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -37,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .peak_memory import PeakRSS
+from benchmarks.peak_memory import PeakRSS
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +90,8 @@ def case_inputs(case: AttentionCase, seed: int = 0) -> tuple[torch.Tensor, torch
 
 
 def _variants(ids: torch.Tensor) -> dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]:
-    from .attention.kernels import grouped_self_attention, naive_masked_attention
-    from .attention.plan import self_groups
+    from ttm_core.stage2.attention.kernels import grouped_self_attention, naive_masked_attention
+    from ttm_core.stage2.attention.plan import self_groups
 
     plan = self_groups(ids)  # built once per forward and shared by all K blocks: not timed per call
 
@@ -141,14 +131,15 @@ def measure_memory(case: AttentionCase, variant: str, threads: int) -> dict[str,
     """Run ``measure_memory_in_this_process`` in a fresh interpreter and return its reading."""
     spec = json.dumps({"case": asdict(case), "variant": variant, "threads": threads})
     env = dict(os.environ, TTM_BENCH_MEMORY=spec)
-    result = subprocess.run([sys.executable, "-m", "ttm_core.bench", "_memory"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "_memory"], capture_output=True, text=True,
                             env=env, cwd=Path(__file__).resolve().parents[1], timeout=900, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"memory probe for {variant} failed: {result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _memory_command(_: argparse.Namespace) -> int:
+def memory_command() -> int:
+    """The memory probe's own process (``python -m benchmarks _memory``), spec in TTM_BENCH_MEMORY."""
     spec = json.loads(os.environ["TTM_BENCH_MEMORY"])
     torch.set_num_threads(int(spec["threads"]))
     raw = spec["case"]
@@ -159,7 +150,7 @@ def _memory_command(_: argparse.Namespace) -> int:
 
 def time_case(case: AttentionCase, rounds: int) -> dict[str, object]:
     """Median seconds per variant over interleaved rounds, plus exactness and rho."""
-    from .attention.plan import self_groups
+    from ttm_core.stage2.attention.plan import self_groups
 
     ids = case_ids(case)
     q, k, v = case_inputs(case)
@@ -278,91 +269,3 @@ def format_table(report: dict[str, object]) -> str:
                  f"ours' peak extra memory <= {TARGETS['memory_vs_dense_max']}x dense's, "
                  f">= {TARGETS['speedup_vs_naive_min']}x faster than naive -> {report['verdict']}")
     return "\n".join(lines) + "\n"
-
-
-def _parse_grid(text: str) -> tuple[int, int, int]:
-    parts = tuple(int(p) for p in text.lower().split("x"))
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"grid {text!r} is not TxHxW")
-    return parts  # type: ignore[return-value]
-
-
-def _parse_coverage(text: str) -> tuple[float, ...]:
-    return tuple(float(p) for p in text.split(","))
-
-
-def _attention_command(args: argparse.Namespace) -> int:
-    report = run_attention_benchmark(args.grid or DEFAULT_GRIDS, args.coverage or DEFAULT_COVERAGES, args.rounds,
-                                     args.threads, memory=not args.no_memory)
-    sys.stdout.write(format_table(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        sys.stdout.write(f"wrote {args.json}\n")
-    return 0
-
-
-def _stage2_command(args: argparse.Namespace) -> int:
-    from .stage2.bench import Stage2Case, format_report, run_stage2_benchmark
-
-    case = Stage2Case(height=args.size, width=args.size, frames=args.frames, layers=args.layers)
-    report = run_stage2_benchmark(case, args.rounds, args.pipeline_rounds, args.threads, memory=not args.no_memory,
-                                  pipeline=not args.no_pipeline)
-    sys.stdout.write(format_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        sys.stdout.write(f"wrote {args.json}\n")
-    return 0
-
-
-def _stage2_memory_command(_: argparse.Namespace) -> int:
-    from .stage2.bench import memory_command
-
-    return memory_command()
-
-
-_SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "attention": _attention_command,
-    "_memory": _memory_command,
-    "stage2": _stage2_command,
-    "_stage2_memory": _stage2_memory_command,
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ttm_core.bench", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    attention = sub.add_parser("attention", help="masked self-attention: dense vs naive vs grouped (CPU)")
-    attention.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
-    attention.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
-    attention.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                           help="torch CPU threads (default: torch's default)")
-    attention.add_argument("--grid", type=_parse_grid, action="append",
-                           help="token grid TxHxW (repeatable; default 8x32x32 and 13x30x45)")
-    attention.add_argument("--coverage", type=_parse_coverage, action="append",
-                           help="object coverages, comma-separated fractions (repeatable; default 0.3,0.15 and "
-                                "0.25,0.15,0.1,0.1)")
-    attention.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    sub.add_parser("_memory", help=argparse.SUPPRESS)
-    stage2 = sub.add_parser("stage2", help="Stage 2 through diffusers: ours vs the stock pipeline (CPU)")
-    stage2.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
-    stage2.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the step (default 7)")
-    stage2.add_argument("--pipeline-rounds", type=int, default=2,
-                        help="interleaved rounds of the whole one-step call (default 2)")
-    stage2.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
-    stage2.add_argument("--size", type=int, default=512, help="frame width and height in px (default 512)")
-    stage2.add_argument("--frames", type=int, default=29, help="frames, 1 + 4k (default 29: 8 latent frames)")
-    stage2.add_argument("--layers", type=int, default=4, help="transformer blocks (default 4; K = a quarter)")
-    stage2.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    stage2.add_argument("--no-pipeline", action="store_true", help="only the denoising step")
-    sub.add_parser("_stage2_memory", help=argparse.SUPPRESS)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
-    return _SUBCOMMANDS[args.command](args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

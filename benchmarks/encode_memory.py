@@ -3,7 +3,7 @@
 Runs in its own process: makes float32 frames, resets the kernel's peak-RSS counter
 (/proc/self/clear_refs, Linux), encodes with ttm_core.media.encode_video (what the
 VideoCombine node calls), and reports the new peak minus the RSS before encoding.
-Run: .venv/bin/python tools/measure_encode_memory.py --frames 120 --size 512
+Run: make bench-encode (python -m benchmarks encode --frames 120 --size 512)
 """
 
 from __future__ import annotations
@@ -22,19 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak_memory import PeakRSS  # noqa: E402
 from ttm_core.media import encode_video  # noqa: E402
-from ttm_core.peak_memory import PeakRSS  # noqa: E402
 
-LOG = logging.getLogger("ttm.measure")
+LOG = logging.getLogger(__name__)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks encode", description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--format", default="mp4")
     parser.add_argument("--json", action="store_true", help="print one JSON line with the figures")
-    options = parser.parse_args()
+    options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     torch.manual_seed(0)
     frames = torch.rand(options.frames, options.size, options.size, 3)

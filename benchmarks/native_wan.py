@@ -1,4 +1,5 @@
-"""`make bench-native OUT=FILE`: one sampling step of a native Wan, patched vs unpatched.
+"""`make bench-native OUT=FILE` (``python -m benchmarks native --out FILE``): one sampling step of a native
+Wan, patched vs unpatched.
 
 Runs in ComfyUI's Python (it imports comfy): a random-weight ComfyUI WanModel (Wan 2.1 I2V
 layout, head size 128 as the real models) big enough in tokens that attention dominates,
@@ -23,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for extra in (ROOT, ROOT / "tests"):
+for extra in (ROOT, ROOT / "tests" / "support"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from ttm_core.peak_memory import PeakRSS  # noqa: E402 (after the path setup above)
+from benchmarks.peak_memory import PeakRSS  # noqa: E402 (after the path setup above)
 
-LOG = logging.getLogger("ttm.bench_native")
+LOG = logging.getLogger(__name__)
 
 
 class Peak:
@@ -57,8 +58,8 @@ class Peak:
             self.rise = self.host.extra_kib * 1024
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks native", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--height", type=int, default=480)
@@ -66,7 +67,7 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=256, help="model width (heads = dim / 128, as ComfyUI derives)")
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
-    options = parser.parse_args()
+    options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     from native_wan import Fixture, _meta_module, _value, build_cached
@@ -88,9 +89,11 @@ def main() -> int:
     pack = importlib.util.module_from_spec(spec)
     sys.modules["ttm_pack"] = pack
     spec.loader.exec_module(pack)
-    from ttm_pack.nodes.native_wan import PatchSettings, patch_wan
-    from ttm_pack.ttm_core.attention.grids import WAN21_I2V, token_grid
-    from ttm_pack.ttm_core.motion import trajectory_from_paths
+    from ttm_pack.native.patch import patch_wan
+    from ttm_pack.ttm_core.motion.render import trajectory_from_paths
+    from ttm_pack.ttm_core.stage2.attention.grids import token_grid
+    from ttm_pack.ttm_core.stage2.families.wan import WAN21_I2V
+    from ttm_pack.ttm_core.stage2.settings import MaskedAttention, Stage2Settings
     from ttm_pack.ttm_core.types import ObjectPrompt, Objects, Prompts
 
     config = {"model_type": "i2v", "in_dim": 36, "out_dim": 16, "dim": options.dim, "ffn_dim": 2 * options.dim,
@@ -122,9 +125,9 @@ def main() -> int:
     negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     latent = torch.zeros(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
-    settings = PatchSettings(num_blocks=0, self_strength=1.0, cross_strength=1.0, clock=None)
+    settings = Stage2Settings(MaskedAttention(self_strength=1.0, cross_strength=1.0), guidance=None)
     patched, _, patch = patch_wan(model, clip, trajectory, settings)
-    half = PatchSettings(num_blocks=0, self_strength=0.5, cross_strength=0.5, clock=None)
+    half = Stage2Settings(MaskedAttention(self_strength=0.5, cross_strength=0.5), guidance=None)
     blended, _, _ = patch_wan(model, clip, trajectory, half)
     variants = {"unpatched": model, "patched (strength 1)": patched, "patched (strength 0.5)": blended}
     device = comfy.model_management.get_torch_device()

@@ -1,7 +1,7 @@
-"""``python -m ttm_core.bench stage2 --json FILE``: Stage 2 on a CogVideoX-like model, ours vs stock.
+"""``python -m benchmarks stage2 --json FILE``: Stage 2 on a CogVideoX-like model, ours vs stock.
 
 A random-weight CogVideoX 1.0-style I2V pipeline (rotary positions, 2 heads x 64, 4 blocks, the
-tiny VAE and text encoder of ``tiny.py``) generates 29 frames at 512 x 512 px: 8 x 32 x 32 = 8192
+tiny VAE and text encoder of ``tests/support/tiny_diffusers.py``) generates 29 frames at 512 x 512 px: 8 x 32 x 32 = 8192
 video tokens, with classifier-free guidance (a batch of 2) and a trajectory of two moving objects
 covering 30 % and 15 % of every frame. Two measurements, each ours vs stock:
 
@@ -36,15 +36,20 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
-from ..guidance import DualClock, noise_to, pin
-from ..peak_memory import PeakRSS
-from ..types import ObjectPrompt, Objects, Prompts, Trajectory
-from .families import FAMILIES
-from .loader import VideoModel
-from .run import Stage2Settings, _pil, attention_plan, generate, guidance_inputs, noise_level
-from .sizes import fit_frames, plan_frames
-from .text import encode_prompts
-from .tiny import build_cogvideox
+from benchmarks.peak_memory import PeakRSS
+from ttm_core.stage2.diffusers.loader import VideoModel
+from ttm_core.stage2.diffusers.run import _pil, attention_plan, generate, guidance_inputs, noise_level
+from ttm_core.stage2.diffusers.sizes import fit_frames, plan_frames
+from ttm_core.stage2.diffusers.text import encode_prompts
+from ttm_core.stage2.families import VARIANTS
+from ttm_core.stage2.guidance import DualClock, noise_to, pin
+from ttm_core.stage2.settings import MaskedAttention, Sampling, Stage2Settings
+from ttm_core.types import ObjectPrompt, Objects, Prompts, Trajectory
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "tests" / "support") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests" / "support"))  # the tiny random-weight models live with the tests
+from tiny_diffusers import build_cogvideox  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +85,7 @@ def build_model(case: Stage2Case) -> VideoModel:
     pipe = build_cogvideox("1.0", seed=0, sample_size=(case.height, case.width), sample_frames=case.frames,
                            learned_positions=False, heads=case.heads, head_dim=case.head_dim, layers=case.layers)
     pipe.set_progress_bar_config(disable=True)
-    return VideoModel("bench-cogvideox", Path("."), FAMILIES["cogvideox-1.0-i2v"], pipe, torch.float32)
+    return VideoModel("bench-cogvideox", Path("."), VARIANTS["cogvideox-1.0-i2v"], pipe, torch.float32)
 
 
 def build_inputs(case: Stage2Case) -> tuple[torch.Tensor, Trajectory]:
@@ -123,7 +128,7 @@ class StepBench:
                                                       torch.Generator().manual_seed(0))
         self.latents, self.image_latents = latents, image_latents
         self.rotary = pipe._prepare_rotary_positional_embeddings(height, width, latents.size(1), device)
-        self.plan = attention_plan(model, trajectory, plan, encoded.local, Stage2Settings().attention_config())
+        self.plan = attention_plan(model, trajectory, plan, encoded.local, MaskedAttention())
         reference, self.foreground = guidance_inputs(model, image, trajectory, plan, 1.0)
         self.noised = noise_to(reference, rearrange(latents, "b f c h w -> b c f h w"),
                                noise_level(pipe.scheduler, 1), "vp")
@@ -148,7 +153,7 @@ class StepBench:
             return self._step(pin_next=False)
 
     def ours(self) -> torch.Tensor:
-        from ..attention import masked_attention
+        from ttm_core.stage2.attention.install import masked_attention
 
         with torch.no_grad(), masked_attention(self.pipe, self.plan) as state:
             state.cross_rows = (False, True)  # [uncond ; cond]: local prompts on the conditional row only
@@ -157,7 +162,7 @@ class StepBench:
 
 def size_rules_free():
     """Size rules without a fixed size (the benchmark's CogVideoX has rotary positions only)."""
-    from .sizes import SizeRules
+    from ttm_core.stage2.diffusers.sizes import SizeRules
 
     return SizeRules("CogVideoX-like", (16, 16), None, None, 4, True, 5)
 
@@ -180,10 +185,11 @@ class PipelineBench:
             max_sequence_length=self.model.text_tokens).frames
 
     def ours(self) -> torch.Tensor:
-        settings = Stage2Settings(seed=0, steps=1, cfg=self.case.cfg, negative_prompt=NEGATIVE_PROMPT,
-                                  width=self.width, height=self.height, num_frames=self.frames,
-                                  clock=DualClock(object_end=1.0, background_end=0.0))  # the one step is pinned
-        return generate(self.model, self.image, self.trajectory, self.trajectory.objects.prompts, settings).frames
+        settings = Stage2Settings(guidance=DualClock(object_end=1.0, background_end=0.0))  # the one step is pinned
+        sampling = Sampling(seed=0, steps=1, cfg=self.case.cfg, negative_prompt=NEGATIVE_PROMPT, width=self.width,
+                            height=self.height, num_frames=self.frames)
+        return generate(self.model, self.image, self.trajectory, self.trajectory.objects.prompts, settings,
+                        sampling).frames
 
     def setup_seconds(self) -> dict[str, float]:
         """Ours' one-time costs, each timed once: reference (render + resample + VAE encode), grid + local prompts."""
@@ -195,7 +201,7 @@ class PipelineBench:
         start = time.perf_counter()
         encoded = encode_prompts(self.model, GLOBAL_PROMPT, None,
                                  [o.local_prompt for o in self.trajectory.objects.prompts.objects], torch.device("cpu"))
-        attention_plan(self.model, self.trajectory, plan, encoded.local, Stage2Settings().attention_config())
+        attention_plan(self.model, self.trajectory, plan, encoded.local, MaskedAttention())
         return {"reference_render_and_encode_s": reference, "token_grid_and_local_prompts_s": time.perf_counter() - start}
 
 
@@ -244,8 +250,8 @@ def _release_free_memory() -> bool:
 def measure_memory(case: Stage2Case, kind: str, variant: str, threads: int) -> dict[str, object]:
     spec = json.dumps({"case": asdict(case), "kind": kind, "variant": variant, "threads": threads})
     env = dict(os.environ, TTM_BENCH_STAGE2=spec)
-    result = subprocess.run([sys.executable, "-m", "ttm_core.bench", "_stage2_memory"], capture_output=True,
-                            text=True, env=env, cwd=Path(__file__).resolve().parents[2], timeout=1800, check=False)
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "_stage2_memory"], capture_output=True,
+                            text=True, env=env, cwd=ROOT, timeout=1800, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"memory probe {kind}/{variant} failed: {result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

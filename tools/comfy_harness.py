@@ -81,6 +81,10 @@ class ComfyServer:
     install: ComfyInstall = field(default_factory=ComfyInstall.locate)
     process: subprocess.Popen | None = None
 
+    def __post_init__(self) -> None:
+        # ComfyUI runs in its own folder (cwd = comfy_dir): a relative base would be read from there.
+        self.base = Path(self.base).resolve()
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -150,11 +154,11 @@ class ComfyServer:
 
 def serve(port: int, base: Path) -> int:
     """`make serve`: run ComfyUI with the pack in the foreground until SIGTERM/SIGINT."""
-    prepare_base_directory(base)
     install = ComfyInstall.locate()
     server = ComfyServer(base, port, install=install)
+    prepare_base_directory(server.base)
     LOG.info("ComfyUI with Through-The-Mask on %s (base directory %s); stop with Ctrl-C or SIGTERM",
-             server.url, base)
+             server.url, server.base)
     process = subprocess.Popen(server.command(), cwd=install.comfy_dir)
 
     def forward(signum: int, _frame: object) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import pytest
 
-from _support import ROOT, WORKFLOWS, load_workflow
+from common import ROOT, WORKFLOWS, load_workflow
 from tools.comfy_harness import ComfyServer
 from ttm_core import batch
 from ttm_core.client import ComfyClient

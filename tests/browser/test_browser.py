@@ -12,9 +12,9 @@ import pytest
 from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from _support import WORKFLOWS
+from common import WORKFLOWS
 from native_wan import TINY_FRAMES, TINY_SIZE, tiny_workflow
-from stage2_support import server_models, tiny_model_dir  # noqa: F401 (fixtures)
+from stage2_cases import server_models, tiny_model_dir  # noqa: F401 (fixtures)
 from tools.browser import comfy_page
 from ttm_core.client import ComfyClient
 
@@ -26,10 +26,10 @@ UI_WORKFLOWS = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith
 DIFFUSERS_SWAPS = {
     "ttm_cogvideox_i2v.json": ({"TTM_VideoModelLoader": {"model": "tiny/cogvideox-1.0-i2v"},
                                 "TTM_ImageToMotion": {"num_frames": 9},
-                                "TTM_MaskedMotionToVideo": {"steps": 2}}, 9),
+                                "TTM_DiffusersMotionToVideo": {"steps": 2}}, 9),
     "ttm_i2vgen_xl.json": ({"TTM_VideoModelLoader": {"model": "tiny/i2vgen-xl"},
                             "TTM_ImageToMotion": {"num_frames": 4},
-                            "TTM_MaskedMotionToVideo": {"steps": 2, "width": 64, "height": 64}}, 4),
+                            "TTM_DiffusersMotionToVideo": {"steps": 2, "width": 64, "height": 64}}, 4),
 }
 
 LOAD_JS = """

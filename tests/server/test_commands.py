@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import pytest
 
-from _support import ROOT
+from common import ROOT
 from tools.comfy_harness import free_port
 
 pytestmark = pytest.mark.server

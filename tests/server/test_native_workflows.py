@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _support import load_workflow, watch_prompt
+from common import load_workflow, watch_prompt
 from native_wan import FIXTURES, TINY_FRAMES, TINY_SIZE, tiny_workflow
 from ttm_core.client import ComfyClient
 
@@ -55,7 +55,7 @@ def test_workflow_runs_and_same_seed_gives_same_frames(native_wan_client: ComfyC
     assert not np.array_equal(a, b)
 
 
-def test_a14b_experts_through_the_comfy_backend(native_wan_client: ComfyClient) -> None:
+def test_a14b_experts_through_the_one_node_path(native_wan_client: ComfyClient) -> None:
     graph = tiny("ttm_wan22_ti2v_api.json", f"ttm/a14b_{uuid.uuid4().hex[:6]}", steps=4)
     graph["10"]["inputs"]["unet_name"] = FIXTURES["wan22_i2v_high"].filename
     graph["12"]["inputs"]["vae_name"] = FIXTURES["wan21_vae"].filename
@@ -69,24 +69,25 @@ def test_a14b_experts_through_the_comfy_backend(native_wan_client: ComfyClient) 
     assert "error" not in log.lower()
 
 
-def comfy_backend_on_wan21(prefix: str, feather: float) -> dict:
-    """The one-node (comfy backend) workflow with Wan 2.1 I2V and its small VAE (fast on CPU)."""
-    graph = tiny("ttm_wan22_ti2v_api.json", prefix, seed=5, steps=6)
+def one_node_on_wan21(prefix: str, masked_blocks: int, seed: int = 5) -> dict:
+    """The one-node (Wan native) workflow with Wan 2.1 I2V and its small VAE (fast on CPU). The tiny model's
+    default K is 1, so masked_blocks 0 and 1 render the same video while making ComfyUI run the node again."""
+    graph = tiny("ttm_wan22_ti2v_api.json", prefix, seed=seed, steps=6)
     graph["10"]["inputs"]["unet_name"] = FIXTURES["wan21_i2v"].filename
     graph["12"]["inputs"]["vae_name"] = FIXTURES["wan21_vae"].filename
-    graph["7"]["inputs"]["feather"] = feather  # unused by the comfy backend: only makes the node run again
+    graph["7"]["inputs"]["masked_blocks"] = masked_blocks
     return graph
 
 
 def test_interrupt_mid_sampling_leaves_the_model_as_it_was(native_wan_server, native_wan_client: ComfyClient) -> None:
     tag = uuid.uuid4().hex[:6]
-    before = frames_of(native_wan_client, run(native_wan_client, comfy_backend_on_wan21(f"ttm/i_{tag}_a", 1.0)))
-    cut = comfy_backend_on_wan21(f"ttm/i_{tag}_b", 1.5)
+    before = frames_of(native_wan_client, run(native_wan_client, one_node_on_wan21(f"ttm/i_{tag}_a", 0)))
+    cut = one_node_on_wan21(f"ttm/i_{tag}_b", 0, seed=6)
     messages = asyncio.run(watch_prompt(native_wan_server.url, cut, interrupt_on_node="7"))
     assert messages[-1]["type"] == "execution_interrupted"
     steps = [m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "7"]
     assert steps and max(steps) < 6
-    again = comfy_backend_on_wan21(f"ttm/i_{tag}_c", 2.0)
+    again = one_node_on_wan21(f"ttm/i_{tag}_c", 1)
     result = run(native_wan_client, again)
     assert "7" not in cached_nodes(result)
     assert np.array_equal(frames_of(native_wan_client, result), before)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _fake_openai import FakeOpenAI, Reply, chat_completion
-from _support import expect_failure, load_workflow
-from _tiny_models import TinyModels
+from fake_openai import FakeOpenAI, Reply, chat_completion
+from common import ROOT, expect_failure, load_workflow
+from tiny_models import TinyModels
 from ttm_core.client import ComfyClient
 
 pytestmark = pytest.mark.server
@@ -72,7 +72,7 @@ def test_shipped_workflow_runs_with_the_tiny_models(client: ComfyClient, tmp_pat
     result = client.run(workflow, timeout=600)
     frames = decode_video(client, result, tmp_path)
     assert frames.shape == (33, 288, 384, 3)
-    first = np.asarray(Image.open(Path(__file__).parents[1] / "examples" / "ttm_coins.png").convert("RGB"))
+    first = np.asarray(Image.open(ROOT / "examples" / "ttm_coins.png").convert("RGB"))
     assert np.abs(frames[0].astype(float) - first).mean() < 3.0  # starts from the image
     assert np.abs(frames[-1].astype(float) - frames[0]).mean() > 1.0  # object 1 really moved
     (preview,) = images_of(client, result, "10")

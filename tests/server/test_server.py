@@ -15,15 +15,16 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from _support import ROOT, expect_failure, load_workflow, watch_prompt
+from common import ROOT, expect_failure, load_workflow, watch_prompt
 from ttm_core.client import ComfyClient
-from ttm_core.motion import mask_centroids
-from ttm_core.paths import parse_paths, sample_path
+from ttm_core.motion.paths import parse_paths, sample_path
+from ttm_core.motion.poses import mask_centroids
 from ttm_core.types import ObjectPrompt, Prompts
 
 pytestmark = pytest.mark.server
 API_WORKFLOW = "ttm_warp_paths_api.json"
-TTM_NODES = ["TTM_PromptDecompose", "TTM_ObjectsFromMasks", "TTM_ImageToMotion", "TTM_MaskedMotionToVideo",
+TTM_NODES = ["TTM_PromptDecompose", "TTM_ObjectsFromMasks", "TTM_ImageToMotion", "TTM_WarpMotionToVideo",
+             "TTM_WanMotionToVideo", "TTM_DiffusersMotionToVideo", "TTM_MaskedMotionToVideo", "TTM_PatchModel",
              "TTM_VideoCombine"]
 
 
@@ -39,6 +40,26 @@ def test_object_info_lists_every_node_with_tooltips(client: ComfyClient) -> None
             assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert info["TTM_VideoCombine"]["output_node"] is True
     assert info["TTM_ImageToMotion"]["output"] == ["TTM_TRAJECTORY", "IMAGE", "MASK"]
+    assert info["TTM_MaskedMotionToVideo"]["deprecated"] is True and "deprecated" in \
+        info["TTM_MaskedMotionToVideo"]["display_name"]
+
+
+def test_each_stage2_node_shows_only_the_inputs_its_engine_reads(client: ComfyClient) -> None:
+    info = client.object_info()
+
+    def inputs(node_id: str) -> set[str]:
+        spec = info[node_id]["input"]
+        return set(spec.get("required", {})) | set(spec.get("optional", {}))
+
+    masking = {"masked_blocks", "self_strength", "cross_strength", "start_percent", "end_percent", "guidance",
+               "object_clock", "background_clock", "clock_units"}
+    sampling = {"negative_prompt", "width", "height", "length", "seed", "steps", "cfg"}
+    assert inputs("TTM_WarpMotionToVideo") == {"image", "trajectory", "feather"}
+    assert inputs("TTM_WanMotionToVideo") == {"image", "trajectory", "model", "clip", "vae", "model_2", "clip_vision",
+                                              "sampler_name", "scheduler", "expert_switch", "feather"} | masking | sampling
+    assert inputs("TTM_DiffusersMotionToVideo") == {"image", "trajectory", "video_model", "prompts",
+                                                    "feather"} | masking | sampling
+    assert len(inputs("TTM_MaskedMotionToVideo")) == 30  # the deprecated all-in-one node keeps its schema
 
 
 def fetch_video(client: ComfyClient, result, tmp_path: Path) -> Path:
@@ -147,7 +168,7 @@ def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient) -> None:
         return workflow
 
     expect_failure(client, variant(n3={"image": small}), "mask_2: the mask is 100x100 but the image is 384x288")
-    expect_failure(client, variant(n3={"image": empty}), "mask_2: mask 1 of this input is empty")
+    expect_failure(client, variant(n3={"image": empty}), "mask_2: mask 1 of this input (object 2, 'big coin') is empty")
     expect_failure(client, variant(n4={"objects": ""}), "prompts: the prompts name no objects (zero objects)")
     expect_failure(client, variant(n4={"objects": "left coin: a coin\nbig coin a coin"}),
                    "objects: line 2 ('big coin a coin') has no colon")

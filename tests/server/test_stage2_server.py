@@ -19,22 +19,25 @@ import pytest
 import torch
 from PIL import Image
 
-from _support import ROOT, expect_failure, load_workflow
-from stage2_support import one_thread, server_models, tiny_model_dir  # noqa: F401 (fixtures)
+from common import ROOT, expect_failure, load_workflow
+from stage2_cases import one_thread, server_models, tiny_model_dir  # noqa: F401 (fixtures)
 from ttm_core.client import ComfyClient, PromptResult
-from ttm_core.stage2 import load_video_model
-from ttm_core.stage2.run import _pil
-from ttm_core.stage2.sizes import fit_frames, plan_frames
-from ttm_core.stage2.tiny import TINY_FAMILIES
+from ttm_core.stage2.diffusers.loader import load_video_model
+from ttm_core.stage2.diffusers.run import _pil
+from ttm_core.stage2.diffusers.sizes import fit_frames, plan_frames
+from tiny_diffusers import TINY_FAMILIES
 
 pytestmark = pytest.mark.server
 COG, UNET = "ttm_cogvideox_i2v_api.json", "ttm_i2vgen_xl_api.json"
+LEGACY = ROOT / "tests" / "data" / "legacy"
 DEFAULT_K = {"i2vgen-xl": 3}  # the tiny UNet's encoder has 3 spatial attention blocks; the tiny DiTs: max(1, 2 / 4)
 
 
-def workflow(family: str, frames: int | None = None, **node7: object) -> dict:
-    """A shipped workflow with the tiny model of ``family`` swapped in; png output under a fresh prefix."""
-    wf = load_workflow(UNET if family == "i2vgen-xl" else COG)
+def workflow(family: str, frames: int | None = None, legacy: bool = False, **node7: object) -> dict:
+    """A shipped workflow with the tiny model of ``family`` swapped in; png output under a fresh prefix.
+    ``legacy``: the workflow as shipped before the split, with the deprecated all-in-one node."""
+    name = UNET if family == "i2vgen-xl" else COG
+    wf = json.loads((LEGACY / name).read_text()) if legacy else load_workflow(name)
     wf["10"]["inputs"]["model"] = f"tiny/{family}"
     wf["6"]["inputs"]["num_frames"] = frames or (4 if family == "i2vgen-xl" else 9)
     wf["7"]["inputs"].update({"steps": 2, "width": 64, "height": 64, **node7})
@@ -67,13 +70,18 @@ def test_loader_lists_the_models_and_every_input_has_a_tooltip(client: ComfyClie
     assert loader["category"] == "Through-The-Mask" and loader["output"] == ["TTM_VIDEO_MODEL"]
     options = loader["input"]["required"]["model"][1]["options"]
     assert {f"tiny/{family}" for family in TINY_FAMILIES} <= set(options)
-    stage2 = info["TTM_MaskedMotionToVideo"]
-    for node in (loader, stage2):
+    stage2, legacy = info["TTM_DiffusersMotionToVideo"], info["TTM_MaskedMotionToVideo"]
+    for node in (loader, stage2, legacy):
         inputs = {**node["input"].get("required", {}), **node["input"].get("optional", {})}
         for name, spec in inputs.items():
             assert spec[1].get("tooltip"), f"{name} has no tooltip"
-    assert stage2["input"]["required"]["backend"][1]["options"] == ["warp", "comfy", "diffusers"]
-    optional = stage2["input"]["optional"]
+    assert stage2["input"]["required"]["video_model"][0] == "TTM_VIDEO_MODEL"
+    assert {"seed", "steps", "cfg", "negative_prompt", "width", "height", "length", "self_strength", "cross_strength",
+            "masked_blocks", "start_percent", "end_percent", "guidance", "object_clock", "background_clock",
+            "clock_units"} <= set(stage2["input"]["required"])
+    # the deprecated all-in-one node keeps its schema, so saved workflows still load
+    assert legacy["input"]["required"]["backend"][1]["options"] == ["warp", "comfy", "diffusers"]
+    optional = legacy["input"]["optional"]
     assert {"video_model", "prompts", "seed", "steps", "cfg", "negative_prompt", "width", "height", "length",
             "self_strength", "cross_strength", "masked_blocks", "start_percent", "end_percent", "guidance",
             "object_clock", "background_clock", "clock_units"} <= set(optional)
@@ -122,7 +130,7 @@ def _stock_frames(tiny_model_dir: Path, family: str, seed: int, steps: int, fram
 
 
 def _rules(m):
-    from ttm_core.stage2 import size_rules
+    from ttm_core.stage2.diffusers.run import size_rules
 
     return size_rules(m)
 
@@ -231,11 +239,14 @@ def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient, server_models
     expect_failure(client, other_image, "image: the image is 100x100 (WxH) but the trajectory is 384x288")
     no_model = workflow(family)
     del no_model["7"]["inputs"]["video_model"]
-    expect_failure(client, no_model, "video_model: the diffusers backend needs a model")
+    expect_failure(client, no_model, "video_model")
+    legacy_no_model = workflow(family, legacy=True)
+    del legacy_no_model["7"]["inputs"]["video_model"]
+    expect_failure(client, legacy_no_model, "video_model: the diffusers engine needs a model")
     bad_clock = workflow(family, object_clock=0.1, background_clock=0.5)
     expect_failure(client, bad_clock, "object_clock: the object clock (0.1) ends before the background clock")
     bad_window = workflow(family, start_percent=0.8, end_percent=0.2)
-    expect_failure(client, bad_window, "end_percent: 0.2 is not between start_percent (0.8) and 1")
+    expect_failure(client, bad_window, "end_percent: 0.2 is before start_percent 0.8")
     # ... and the server still serves the next prompt.
     assert frames_of(client, client.run(workflow(family, seed=51), timeout=600)).shape[0] == 9
 
@@ -266,7 +277,8 @@ def test_trajectory_frames_are_resampled_and_zero_objects_sample_plainly(client:
 
 
 def test_a_connected_loader_costs_nothing_while_the_backend_is_warp(client: ComfyClient, server_models: Path) -> None:
-    wf = workflow("wan2.2-ti2v-5b", backend="warp")
+    """The deprecated all-in-one node loads its video model lazily: only when its backend is diffusers."""
+    wf = workflow("wan2.2-ti2v-5b", legacy=True, backend="warp")
     wf["10"]["inputs"]["dtype"] = "fp32"  # a loader input no other test uses: nothing cached to hide behind
     result = client.run(wf, timeout=600)
     assert "10" not in result.history["outputs"] and "10" not in cached_nodes(result)  # never executed

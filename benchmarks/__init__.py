@@ -1,0 +1,1 @@
+"""Benchmarks of the pack (not tests): ``python -m benchmarks <subcommand>``; see ``__main__``."""

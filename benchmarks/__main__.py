@@ -1,0 +1,135 @@
+"""Benchmarks (not tests): ``python -m benchmarks <subcommand> [--json FILE]``; the README's Performance
+section gives the commands and the Makefile a target for each.
+
+Subcommands:
+    attention   masked self-attention on CPU: dense vs naive vs grouped (``benchmarks.attention``).
+    stage2      Stage 2 through diffusers on a CogVideoX-like model: one denoising step and the whole
+                one-step call, ours vs the stock pipeline (``benchmarks.stage2``).
+    native      one sampling step of a random-weight native ComfyUI Wan, patched vs unpatched
+                (``benchmarks.native_wan``; ComfyUI's Python).
+    encode      Video Combine's peak extra memory encoding a clip (``benchmarks.encode_memory``).
+
+Every benchmark measures its variants side by side in one run and prints ratios; none asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from benchmarks.attention import DEFAULT_COVERAGES, DEFAULT_GRIDS, format_table, memory_command, run_attention_benchmark
+
+
+def _parse_grid(text: str) -> tuple[int, int, int]:
+    parts = tuple(int(p) for p in text.lower().split("x"))
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"grid {text!r} is not TxHxW")
+    return parts  # type: ignore[return-value]
+
+
+def _parse_coverage(text: str) -> tuple[float, ...]:
+    return tuple(float(p) for p in text.split(","))
+
+
+def _attention_command(args: argparse.Namespace) -> int:
+    report = run_attention_benchmark(args.grid or DEFAULT_GRIDS, args.coverage or DEFAULT_COVERAGES, args.rounds,
+                                     args.threads, memory=not args.no_memory)
+    sys.stdout.write(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        sys.stdout.write(f"wrote {args.json}\n")
+    return 0
+
+
+def _stage2_command(args: argparse.Namespace) -> int:
+    from benchmarks.stage2 import Stage2Case, format_report, run_stage2_benchmark
+
+    case = Stage2Case(height=args.size, width=args.size, frames=args.frames, layers=args.layers)
+    report = run_stage2_benchmark(case, args.rounds, args.pipeline_rounds, args.threads, memory=not args.no_memory,
+                                  pipeline=not args.no_pipeline)
+    sys.stdout.write(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        sys.stdout.write(f"wrote {args.json}\n")
+    return 0
+
+
+def _stage2_memory_command(_: argparse.Namespace) -> int:
+    from benchmarks.stage2 import memory_command as stage2_memory
+
+    return stage2_memory()
+
+
+def _native(argv: list[str]) -> int:
+    from benchmarks.native_wan import main as native_main
+
+    return native_main(argv)
+
+
+def _encode(argv: list[str]) -> int:
+    from benchmarks.encode_memory import main as encode_main
+
+    return encode_main(argv)
+
+
+_OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode}
+"""Subcommands that parse their own arguments (``python -m benchmarks native --help``)."""
+
+
+_SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "attention": _attention_command,
+    "_memory": lambda _: memory_command(),
+    "stage2": _stage2_command,
+    "_stage2_memory": _stage2_memory_command,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    attention = sub.add_parser("attention", help="masked self-attention: dense vs naive vs grouped (CPU)")
+    attention.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    attention.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
+    attention.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                           help="torch CPU threads (default: torch's default)")
+    attention.add_argument("--grid", type=_parse_grid, action="append",
+                           help="token grid TxHxW (repeatable; default 8x32x32 and 13x30x45)")
+    attention.add_argument("--coverage", type=_parse_coverage, action="append",
+                           help="object coverages, comma-separated fractions (repeatable; default 0.3,0.15 and "
+                                "0.25,0.15,0.1,0.1)")
+    attention.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    sub.add_parser("_memory", help=argparse.SUPPRESS)
+    stage2 = sub.add_parser("stage2", help="Stage 2 through diffusers: ours vs the stock pipeline (CPU)")
+    stage2.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    stage2.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the step (default 7)")
+    stage2.add_argument("--pipeline-rounds", type=int, default=2,
+                        help="interleaved rounds of the whole one-step call (default 2)")
+    stage2.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    stage2.add_argument("--size", type=int, default=512, help="frame width and height in px (default 512)")
+    stage2.add_argument("--frames", type=int, default=29, help="frames, 1 + 4k (default 29: 8 latent frames)")
+    stage2.add_argument("--layers", type=int, default=4, help="transformer blocks (default 4; K = a quarter)")
+    stage2.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    stage2.add_argument("--no-pipeline", action="store_true", help="only the denoising step")
+    sub.add_parser("_stage2_memory", help=argparse.SUPPRESS)
+    sub.add_parser("native", help="native ComfyUI Wan: patched vs unpatched sampling step (own options)")
+    sub.add_parser("encode", help="Video Combine: peak extra memory of encoding (own options)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _OWN_PARSERS:
+        return _OWN_PARSERS[argv[0]](argv[1:])
+    args = build_parser().parse_args(argv)
+    return _SUBCOMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
