@@ -18,13 +18,16 @@ import pytest
 
 from _support import ROOT, WORKFLOWS, load_workflow
 from tools.comfy_harness import ComfyServer
-from ttm_core import batch
-from ttm_core.client import ComfyClient
-from ttm_core.jobs import JobError, read_jobs, validate_jobs
+from ttm_batch import runner as batch_runner
+from ttm_batch.client import ComfyClient
+from ttm_batch.jobs import JobError, read_jobs, validate_jobs
 
 pytestmark = pytest.mark.server
 WORKFLOW = WORKFLOWS / "ttm_warp_paths_api.json"
 EXAMPLES = ROOT / "examples"
+# `python -m ttm_batch` in a child process: batch/ holds the package (pytest's pythonpath is ours only).
+BATCH_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    p for p in (str(ROOT / "batch"), os.environ.get("PYTHONPATH", "")) if p))
 
 
 def start_servers(base: Path, count: int) -> list[ComfyServer]:
@@ -63,7 +66,7 @@ def write_jobs(folder: Path, jobs: list[dict]) -> Path:
 
 
 def batch_command(servers: list[ComfyServer], jobs: Path, out: Path, *extra: str) -> list[str]:
-    command = [sys.executable, "-m", "ttm_core.batch", "--workflow", str(WORKFLOW), "--jobs", str(jobs),
+    command = [sys.executable, "-m", "ttm_batch", "--workflow", str(WORKFLOW), "--jobs", str(jobs),
                "--out", str(out), "--progress", "off", *extra]
     for server in servers:
         command += ["--server", server.url]
@@ -126,8 +129,8 @@ def test_csv_jobs(client: ComfyClient, tmp_path: Path) -> None:
 def test_twenty_jobs_over_two_servers(two_servers: list[ComfyServer], tmp_path: Path) -> None:
     jobs = write_jobs(tmp_path, [job(i) for i in range(20)])
     out = tmp_path / "out"
-    result = subprocess.run(batch_command(two_servers, jobs, out), cwd=ROOT, capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(batch_command(two_servers, jobs, out), cwd=ROOT, env=BATCH_ENV, capture_output=True,
+                            text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     entries = manifest(out)
     assert sorted(e["job"] for e in entries) == [f"shot-{i:02d}" for i in range(20)]
@@ -145,8 +148,8 @@ def test_bad_jobs_are_reported_and_the_rest_complete(two_servers: list[ComfyServ
     jobs = write_jobs(tmp_path, [job(0), job(1, image="missing.png"), job(2, overrides={"Image to Motion.speed": 1}),
                                  job(3, paths=failing_paths), job(4)])
     out = tmp_path / "out"
-    result = subprocess.run(batch_command(two_servers, jobs, out, "--retries", "1"), cwd=ROOT, capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(batch_command(two_servers, jobs, out, "--retries", "1"), cwd=ROOT, env=BATCH_ENV,
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 1
     entries = {e["job"]: e for e in manifest(out)}
     assert entries["shot-00"]["status"] == entries["shot-04"]["status"] == "done"
@@ -163,8 +166,8 @@ def test_a_dying_server_loses_nothing(tmp_path: Path) -> None:
     try:
         jobs = write_jobs(tmp_path, [job(i, frames=60) for i in range(12)])
         out = tmp_path / "out"
-        process = subprocess.Popen(batch_command([survivor, victim], jobs, out), cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(batch_command([survivor, victim], jobs, out), cwd=ROOT, env=BATCH_ENV,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         victim_client = ComfyClient(victim.url, timeout=10)
         running = None
         deadline = time.monotonic() + 300
@@ -198,7 +201,7 @@ def test_resume_after_ctrl_c_runs_only_unfinished_jobs(two_servers: list[ComfySe
     out = tmp_path / "out"
     # SIGINT back to its default in the child: a shell starts background jobs (CI's too) with it
     # ignored, and Python then never raises KeyboardInterrupt. A user's Ctrl-C reaches a foreground run.
-    process = subprocess.Popen(batch_command([server], jobs, out, "--per-server", "2"), cwd=ROOT,
+    process = subprocess.Popen(batch_command([server], jobs, out, "--per-server", "2"), cwd=ROOT, env=BATCH_ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
@@ -216,14 +219,15 @@ def test_resume_after_ctrl_c_runs_only_unfinished_jobs(two_servers: list[ComfySe
     queue = ComfyClient(server.url)._request("GET", "/queue")
     assert queue["queue_pending"] == []  # our queued prompts were deleted
 
-    result = subprocess.run(batch_command([server], jobs, out, "--resume"), cwd=ROOT, capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(batch_command([server], jobs, out, "--resume"), cwd=ROOT, env=BATCH_ENV,
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     second = manifest(out)[len(first):]
     assert {e["job"] for e in second} == {f"shot-{i:02d}" for i in range(8)} - done_first
     assert {e["status"] for e in second} == {"done"}
     assert len({e["run"] for e in second}) == 1 and second[0]["run"] != first[0]["run"]
-    refused = subprocess.run(batch_command([server], jobs, out), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(batch_command([server], jobs, out), cwd=ROOT, env=BATCH_ENV, capture_output=True,
+                             text=True, timeout=60)
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
 
@@ -242,7 +246,7 @@ def test_a_prompt_that_lands_after_ctrl_c_is_withdrawn(two_servers: list[ComfySe
     blocker_id = client.queue(blocker)
     jobs, errors = validate_jobs(read_jobs(write_jobs(tmp_path, [job(0)])), workflow, client.object_info(), tmp_path)
     assert jobs and not errors
-    runner = batch.BatchRunner([server.url], workflow, jobs, tmp_path / "out", per_server=1)
+    runner = batch_runner.BatchRunner([server.url], workflow, jobs, tmp_path / "out", per_server=1)
     sent: list[str | None] = []
 
     class CancelledInFlight(ComfyClient):
@@ -251,7 +255,7 @@ def test_a_prompt_that_lands_after_ctrl_c_is_withdrawn(two_servers: list[ComfySe
             sent.append(prompt_id)
             return super().queue(prompt, prompt_id)
 
-    monkeypatch.setattr(batch, "ComfyClient", CancelledInFlight)
+    monkeypatch.setattr(batch_runner, "ComfyClient", CancelledInFlight)
     try:
         outcomes = runner.run()
         assert [o.status for o in outcomes] == ["cancelled"] and len(sent) == 1 and sent[0]
