@@ -268,3 +268,32 @@ def test_a_prompt_that_lands_after_ctrl_c_is_withdrawn(two_servers: list[ComfySe
     assert client.history(sent[0]) is None  # never ran
     assert not any(client._request("GET", "/queue").values())
 
+
+
+def test_a_reused_id_is_reported_and_never_reruns_the_first_job_on_resume(two_servers: list[ComfyServer],
+                                                                          tmp_path: Path) -> None:
+    """Line 3 reuses line 1's id: line 3 is refused (every run), line 1 renders once and --resume leaves it alone."""
+    jobs = write_jobs(tmp_path, [job(1), job(2), job(3, id="shot-01")])
+    out = tmp_path / "out"
+    duplicate = "line 3: the id 'shot-01' is used twice (line 1 has it too). Fix: give every job a unique id"
+    result = subprocess.run(batch_command(two_servers, jobs, out), cwd=ROOT, env=BATCH_ENV, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert duplicate in result.stderr
+    first = manifest(out)
+    assert sorted((e["job"], e["line"], e["status"]) for e in first) == \
+        [("shot-01", 1, "done"), ("shot-01", 3, "failed"), ("shot-02", 2, "done")]
+    assert next(e for e in first if e["line"] == 3)["error"] == duplicate
+    rendered = {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in (out / "shot-01").iterdir()}
+    assert len(rendered) == 1
+
+    for _ in range(2):  # the second resume reads a manifest that already has two refusals of line 3
+        again = subprocess.run(batch_command(two_servers, jobs, out, "--resume"), cwd=ROOT, env=BATCH_ENV,
+                               capture_output=True, text=True, timeout=900)
+        assert again.returncode == 1, again.stderr[-3000:]  # the duplicate is still an error
+        assert duplicate in again.stderr and "2 skipped as already done" in again.stderr, again.stderr[-3000:]
+        entries = manifest(out)
+        added, first = entries[len(first):], entries
+        assert [(e["job"], e["line"], e["status"]) for e in added] == [("shot-01", 3, "failed")]
+        assert {path.name: (path.stat().st_mtime_ns, path.read_bytes())
+                for path in (out / "shot-01").iterdir()} == rendered  # line 1's render untouched

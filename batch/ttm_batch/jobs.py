@@ -289,20 +289,21 @@ def validate_job(raw: RawJob, workflow: Mapping[str, Any], object_info: Mapping[
 
 def validate_jobs(raws: Sequence[RawJob], workflow: Mapping[str, Any], object_info: Mapping[str, Any],
                   base: Path) -> tuple[list[Job], list[JobError]]:
-    """Validate every line; duplicates ids are errors on the later line."""
+    """Validate every line; a duplicate id is an error on the later line (the first line keeps the id)."""
     missing = sorted({n["class_type"] for n in workflow.values()} - set(object_info))
     if missing:
         raise JobError(0, f"the server lacks the workflow's node types {missing}",
                        "install the packs the workflow needs on every server")
     jobs: list[Job] = []
     errors: list[JobError] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # id -> the line that has it
     for raw in raws:
         try:
             job = validate_job(raw, workflow, object_info, base)
             if job.id in seen:
-                raise JobError(raw.line, f"the id {job.id!r} is used twice", "give every job a unique id")
-            seen.add(job.id)
+                raise JobError(raw.line, f"the id {job.id!r} is used twice (line {seen[job.id]} has it too)",
+                               "give every job a unique id")
+            seen[job.id] = raw.line
             jobs.append(job)
         except JobError as err:
             errors.append(err)

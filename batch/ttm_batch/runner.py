@@ -38,7 +38,7 @@ class Outcome:
     server: str | None = None
     prompt_id: str | None = None
     files: list[str] = field(default_factory=list)
-    attempts: int = 0
+    attempts: int = 0  # 0: never started (a refused jobs-file line, or cancelled / no server before it ran)
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -59,10 +59,16 @@ class Manifest:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def done(self) -> dict[str, dict[str, Any]]:
-        """Latest 'done' entry per job id whose files are all still there."""
+        """Per job id, its latest entry that ran, if that is 'done' and its files are all still there.
+
+        Entries that never started (attempts 0) are skipped: they cannot have changed the job's
+        files, and a refused jobs-file line is recorded under the id it claimed, which may be
+        another line's job (a reused id) whose render must not be shadowed and run again.
+        """
         latest: dict[str, dict[str, Any]] = {}
         for entry in self.entries():
-            latest[entry["job"]] = entry
+            if entry.get("attempts", 0) > 0:
+                latest[entry["job"]] = entry
         root = self.path.parent
         return {job: e for job, e in latest.items()
                 if e["status"] == "done" and all((root / f).is_file() for f in e["files"])}
