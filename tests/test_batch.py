@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from _support import ROOT, WORKFLOWS, load_workflow
 from tools.comfy_harness import ComfyServer
 from ttm_batch import runner as batch_runner
 from ttm_batch.client import ComfyClient
-from ttm_batch.jobs import JobError, read_jobs, validate_jobs
+from ttm_batch.jobs import JobError, check_id, read_jobs, validate_jobs
 
 pytestmark = pytest.mark.server
 WORKFLOW = WORKFLOWS / "ttm_warp_paths_api.json"
@@ -297,3 +298,81 @@ def test_a_reused_id_is_reported_and_never_reruns_the_first_job_on_resume(two_se
         assert [(e["job"], e["line"], e["status"]) for e in added] == [("shot-01", 3, "failed")]
         assert {path.name: (path.stat().st_mtime_ns, path.read_bytes())
                 for path in (out / "shot-01").iterdir()} == rendered  # line 1's render untouched
+
+
+@pytest.mark.parametrize(("job_id", "accepted"), [
+    ("unicode-고양이", "unicode-고양이"), ("हिन्दी-शेर", "हिन्दी-शेर"), ("e\u0301te", "\u00e9te"), ("Ω.2_b-c", "Ω.2_b-c"),
+    (7, "7"), ("x" * 100, "x" * 100)])
+def test_ids_may_be_any_script(job_id: object, accepted: str) -> None:
+    assert check_id(job_id, 1) == accepted  # NFC: an accent typed as a combining mark is one letter
+
+
+@pytest.mark.parametrize(("job_id", "problem", "suggestion"), [
+    ("a/b", "it contains the path separator '/'", "a-b"),
+    ("a\\b", "it contains the path separator '\\\\'", "a-b"),
+    ("../up", "it starts with '.'", "up"),
+    (".hidden", "it starts with '.'", "hidden"),
+    ("my shot", "it contains whitespace (space)", "my-shot"),
+    ("tab\there", "it contains whitespace (U+0009)", "tab-here"),
+    ("bell\x07", "it contains the control or format character U+0007", "bell"),
+    ("rtl\u202eevil", "it contains the control or format character U+202E", "rtl-evil"),
+    ("-x", "it starts with '-'", "x"),
+    ("", "it is empty", None),
+    ("x" * 101, "it has 101 characters, more than 100", "x" * 100),
+    ("고" * 90, "it is 270 bytes in UTF-8, more than a folder name holds (255)", "고" * 85),
+])
+def test_bad_ids_say_what_is_wrong_and_what_is_allowed(job_id: str, problem: str, suggestion: str | None) -> None:
+    with pytest.raises(JobError) as caught:
+        check_id(job_id, 4)
+    message = str(caught.value)
+    assert message.startswith(f"line 4: id {job_id!r} cannot be a job id: {problem}. Fix: use 1-100 letters (any "
+                              "script, with their accents) or digits and '.', '_', '-', starting with a letter or "
+                              "digit, e.g. 'shot-01' or 'unicode-고양이'"), message
+    assert message.endswith(f"; this one could be {suggestion!r}" if suggestion else "'unicode-고양이'"), message
+
+
+def test_unicode_ids_and_file_names_end_to_end(two_servers: list[ComfyServer], tmp_path: Path) -> None:
+    """Ids in any script name the local folders; the servers get ASCII upload names and prefixes, and load
+    exactly the files the job named (an image and a mask with the same file name in two folders)."""
+    shots = tmp_path / "샷"
+    (shots / "a").mkdir(parents=True)
+    (shots / "b").mkdir()
+    image, left, right = shots / "a" / '고양이 "cat".png', shots / "b" / '고양이 "cat".png', shots / "b" / "오른쪽.png"
+    shutil.copy(EXAMPLES / "ttm_coins.png", image)
+    shutil.copy(EXAMPLES / "ttm_coins_mask_left.png", left)
+    shutil.copy(EXAMPLES / "ttm_coins_mask_right.png", right)
+    jobs = write_jobs(tmp_path, [job(0, id="unicode-고양이", image=str(image), masks=[str(left), str(right)]),
+                                 job(1, id="हिन्दी-शेर"), job(2, id="e\u0301te"), job(3, id="a/b")])
+    out = tmp_path / "out"
+    result = subprocess.run(batch_command(two_servers, jobs, out), cwd=ROOT, env=BATCH_ENV, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 1, result.stderr[-3000:]  # line 4 is refused, the rest render
+    assert "line 4: id 'a/b' cannot be a job id: it contains the path separator '/'. Fix: use 1-100 letters" \
+        in result.stderr
+    entries = {e["job"]: e for e in manifest(out)}
+    assert entries["a/b"]["status"] == "failed" and entries["a/b"]["line"] == 4
+    rendered = {"unicode-고양이", "हिन्दी-शेर", "\u00e9te"}
+    assert {job_id for job_id, e in entries.items() if e["status"] == "done"} == rendered
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(rendered)
+    for job_id in rendered:
+        (video,) = entries[job_id]["files"]
+        assert Path(video).parent == Path(job_id) and frame_count(out / video) == 9
+
+    entry = entries["unicode-고양이"]
+    server = next(s for s in two_servers if s.url == entry["server"])
+    prompt = ComfyClient(server.url).history(entry["prompt_id"])["prompt"][2]
+    loads = [(node["class_type"], node["inputs"]["image"]) for node in prompt.values()
+             if node["class_type"] in ("LoadImage", "LoadImageMask")]
+    assert len(loads) == 3 and all(name.isascii() for _, name in loads), loads
+    on_server = {kind: sorted((server.base / "input" / name).read_bytes() for k, name in loads if k == kind)
+                 for kind in ("LoadImage", "LoadImageMask")}
+    assert on_server == {"LoadImage": [image.read_bytes()],
+                         "LoadImageMask": sorted([left.read_bytes(), right.read_bytes()])}
+    (prefix,) = {node["inputs"]["filename_prefix"] for node in prompt.values()
+                 if "filename_prefix" in node["inputs"]}
+    assert prefix.isascii() and prefix.endswith("/unicode-9282859e14_a1"), prefix
+    assert Path(entry["files"][0]).name.isascii()
+
+    again = subprocess.run(batch_command(two_servers, jobs, out, "--resume"), cwd=ROOT, env=BATCH_ENV,
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 1 and "3 skipped as already done" in again.stderr, again.stderr[-3000:]

@@ -8,10 +8,12 @@ cancelled jobs. The command line is ttm_batch.cli; the jobs-file format is ttm_b
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import ComfyClient, ComfyError, ComfyUnreachable
-from .jobs import Job, apply_job
+from .jobs import Job, apply_job, server_name
 
 LOG = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
@@ -188,9 +190,11 @@ class BatchRunner:
             uploaded = {}
             for _, _, path in job.files:
                 if path not in uploaded:
-                    name = f"ttmb_{self.run_token}_{job.id}_{path.name}"
-                    uploaded[path] = client.upload_image(path.read_bytes(), name)
-            prompt = apply_job(self.workflow, job, uploaded, f"ttm-batch/{self.run_token}/{job.id}_a{task.attempt}")
+                    data = path.read_bytes()
+                    uploaded[path] = client.upload_image(data, self._upload_name(job, path, data))
+            # The id names the local folder only; on the server it is an ASCII name (see server_name).
+            prompt = apply_job(self.workflow, job, uploaded,
+                               f"ttm-batch/{self.run_token}/{server_name(job.id)}_a{task.attempt}")
             with client.socket(timeout=1.0) as socket:
                 # The id is ours and registered before the POST: a Ctrl-C while it is in flight
                 # (cancel() reads server.running) still deletes the prompt if it lands.
@@ -225,6 +229,13 @@ class BatchRunner:
         finished = time.time()
         return Outcome(job.id, job.line, "done", server.url, prompt_id, files, task.attempt,
                        started_at=started, finished_at=finished, seconds=round(finished - started, 3))
+
+    def _upload_name(self, job: Job, path: Path, data: bytes) -> str:
+        """An ASCII input-folder name, unique per content: two files of one job with the same name
+        (shots/a.png, masks/a.png) must not overwrite each other, and uploads overwrite."""
+        digest = hashlib.sha256(data).hexdigest()[:12]
+        suffix = path.suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", path.suffix) else ""
+        return f"ttmb_{self.run_token}_{server_name(job.id)}_{server_name(path.stem, 40)}_{digest}{suffix}"
 
     def _follow(self, socket, client: ComfyClient, prompt_id: str, job: Job, server: _Server, slot: int,
                 started: float) -> None:
