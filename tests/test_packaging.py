@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,8 +96,12 @@ def test_ttm_batch_installs_without_torch(batch_venv: Venv, tmp_path: Path) -> N
 
 
 def _floors() -> dict[str, str]:
-    """{distribution: floor} from batch/pyproject.toml's dependencies ("name>=X.Y")."""
-    dependencies = tomllib.loads((BATCH / "pyproject.toml").read_text())["project"]["dependencies"]
+    """{distribution: floor} from batch/pyproject.toml's dependencies ("name>=X.Y").
+
+    Read with a pattern, not tomllib, which Python 3.10 (the packages' oldest Python) lacks."""
+    block = re.search(r"^dependencies = \[(.*?)^\]", (BATCH / "pyproject.toml").read_text(), re.M | re.S)
+    assert block, "batch/pyproject.toml has no dependencies = [...] block"
+    dependencies = re.findall(r'^\s*"([^"]+)"', block[1], re.M)
     floors = {}
     for spec in dependencies:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)", spec.replace(" ", ""))
