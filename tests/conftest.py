@@ -12,7 +12,7 @@ from common import ROOT
 from tiny_models import TinyModels, build_tiny_models
 from native_wan import FIXTURES, write_native_wan
 from tools.comfy_harness import ComfyServer
-from ttm_core.client import ComfyClient
+from ttm_batch.client import ComfyClient
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for extra in (ROOT, ROOT / "batch"):  # the repo (tools), and batch/ for ttm_batch (its own distribution)
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
 
 from tools.comfy_harness import ComfyServer  # noqa: E402
-from ttm_core.client import ComfyClient, ComfyError  # noqa: E402
+from ttm_batch.client import ComfyClient, ComfyError  # noqa: E402
 
 LOG = logging.getLogger("ttm.demo")
 

@@ -53,11 +53,16 @@ fi
 
 stamp="$venv/.ttm-project"
 if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] \
-   || [ pyproject.toml -nt "$stamp" ]; then
+   || [ batch/pyproject.toml -nt "$stamp" ]; then
   log "installing the pack's requirements, the test tools and the ttm-batch command"
   "${pip[@]}" -r requirements.txt -r requirements-dev.txt
-  # Editable, so .venv/bin/ttm-batch runs this checkout's ttm_core.
-  "${pip[@]}" --no-deps -e .
+  # ttm-batch is its own light distribution (batch/pyproject.toml: websocket-client and tqdm,
+  # no torch). Editable, so .venv/bin/ttm-batch runs this checkout's batch/ttm_batch; its two
+  # dependencies come with it, through the constraints like everything else.
+  # Environments set up before the split have the root package installed for the old
+  # ttm_core.batch script; remove it first so its stale script cannot shadow this one.
+  "$py" -m pip uninstall -y -q through-the-mask >/dev/null 2>&1 || true
+  "${pip[@]}" -e ./batch
   touch "$stamp"
 fi
 stamp="$venv/.ttm-sam2"

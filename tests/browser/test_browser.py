@@ -16,7 +16,7 @@ from common import WORKFLOWS
 from native_wan import TINY_FRAMES, TINY_SIZE, tiny_workflow
 from stage2_cases import server_models, tiny_model_dir  # noqa: F401 (fixtures)
 from tools.browser import comfy_page
-from ttm_core.client import ComfyClient
+from ttm_batch.client import ComfyClient
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 UI_WORKFLOWS = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith("_api.json"))

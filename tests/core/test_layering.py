@@ -1,4 +1,5 @@
-"""Layering and hygiene: ttm_core never imports ComfyUI; no print, no bare except."""
+"""Layering and hygiene: ttm_core never imports ComfyUI; ttm_batch imports only its declared dependencies;
+no print, no bare except."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "comfy_config", "folder_paths", "server",
                  "nodes", "execution", "node_helpers", "latent_preview", "app", "utils"}
 CORE_FILES = sorted((ROOT / "ttm_core").rglob("*.py"))
-PACK_FILES = CORE_FILES + sorted((ROOT / "nodes").rglob("*.py")) + [ROOT / "__init__.py"]
+BATCH_FILES = sorted((ROOT / "batch" / "ttm_batch").rglob("*.py"))
+PACK_FILES = CORE_FILES + sorted((ROOT / "nodes").rglob("*.py")) + [ROOT / "__init__.py"] + BATCH_FILES
+# What batch/pyproject.toml declares (import names): ttm-batch must install and run without the pack.
+BATCH_DEPENDENCIES = {"websocket", "tqdm"}
 
 
 def imports(path: Path) -> list[tuple[str, int]]:
@@ -35,6 +39,34 @@ def test_ttm_core_imports_nothing_from_comfyui(path: Path) -> None:
             assert module.split(".")[0] not in COMFY_MODULES, f"{path.name} imports {module}"
         else:
             assert level <= depth, f"{path.name}: 'from {'.' * level}{module}' leaves ttm_core"
+
+
+@pytest.mark.parametrize("path", BATCH_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_ttm_batch_imports_only_the_standard_library_and_its_dependencies(path: Path) -> None:
+    for module, level in imports(path):
+        top = module.split(".")[0]
+        if level == 0 and module != "__future__":
+            assert top in sys.stdlib_module_names or top in BATCH_DEPENDENCIES, (
+                f"{path.relative_to(ROOT)} imports {module}, which batch/pyproject.toml does not declare "
+                "(ttm-batch installs without torch or the pack)")
+        assert level <= 1, f"{path.name}: 'from {'.' * level}{module}' leaves ttm_batch"
+
+
+def test_importing_ttm_batch_needs_no_dependency_and_has_no_side_effects() -> None:
+    """`ttm-batch --help` and the client's HTTP part work before websocket-client/tqdm are even imported."""
+    code = (
+        "import logging, sys\n"
+        "handlers = list(logging.getLogger().handlers)\n"
+        "import ttm_batch, ttm_batch.client, ttm_batch.jobs, ttm_batch.runner, ttm_batch.cli\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('websocket', 'tqdm', 'torch', 'ttm_core'))\n"
+        "assert not heavy, heavy\n"
+        "assert logging.getLogger().handlers == handlers, 'a module configured logging at import'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "batch", capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok")
 
 
 def test_importing_ttm_core_loads_no_comfy_and_has_no_side_effects() -> None:

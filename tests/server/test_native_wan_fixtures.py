@@ -20,7 +20,7 @@ from PIL import Image, ImageSequence
 
 from native_wan import (FIXTURES, GRAPH_FIXTURES, TimedRun, build_cached, detect_native_wan, load_graph, run_timed,
                         set_seed)
-from ttm_core.client import ComfyClient
+from ttm_batch.client import ComfyClient
 
 pytestmark = pytest.mark.server
 LOG = logging.getLogger(__name__)

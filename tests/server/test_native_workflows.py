@@ -12,7 +12,7 @@ from PIL import Image
 
 from common import load_workflow, watch_prompt
 from native_wan import FIXTURES, TINY_FRAMES, TINY_SIZE, tiny_workflow
-from ttm_core.client import ComfyClient
+from ttm_batch.client import ComfyClient
 
 pytestmark = pytest.mark.server
 SIZE, FRAMES = TINY_SIZE, TINY_FRAMES

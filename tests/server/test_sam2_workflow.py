@@ -18,7 +18,7 @@ from PIL import Image
 from fake_openai import FakeOpenAI, Reply, chat_completion
 from common import ROOT, expect_failure, load_workflow
 from tiny_models import TinyModels
-from ttm_core.client import ComfyClient
+from ttm_batch.client import ComfyClient
 
 pytestmark = pytest.mark.server
 SHIPPED = "ttm_sam2_llm_api.json"

@@ -16,7 +16,7 @@ from PIL import Image
 from scipy import ndimage
 
 from common import ROOT, expect_failure, load_workflow, watch_prompt
-from ttm_core.client import ComfyClient
+from ttm_batch.client import ComfyClient
 from ttm_core.motion.paths import parse_paths, sample_path
 from ttm_core.motion.poses import mask_centroids
 from ttm_core.types import ObjectPrompt, Prompts

@@ -21,7 +21,7 @@ from PIL import Image
 
 from common import ROOT, expect_failure, load_workflow
 from stage2_cases import one_thread, server_models, tiny_model_dir  # noqa: F401 (fixtures)
-from ttm_core.client import ComfyClient, PromptResult
+from ttm_batch.client import ComfyClient, PromptResult
 from ttm_core.stage2.diffusers.loader import load_video_model
 from ttm_core.stage2.diffusers.run import _pil
 from ttm_core.stage2.diffusers.sizes import fit_frames, plan_frames

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from ttm_core.client import ComfyClient, ComfyError
+from ttm_batch.client import ComfyClient, ComfyError
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"

@@ -190,7 +190,7 @@ def tiny_workflow(graph: dict, prefix: str, seed: int = 42, steps: int = 2, size
 class TimedRun:
     """A finished prompt, with the seconds each executed node took (from the websocket) and in all."""
 
-    result: Any  # ttm_core.client.PromptResult
+    result: Any  # ttm_batch.client.PromptResult
     node_seconds: Mapping[str, float]
     seconds: float
 
@@ -205,7 +205,7 @@ class TimedRun:
 
 def run_timed(client: Any, graph: Mapping[str, Any], timeout: float = 600.0) -> TimedRun:
     """Queue ``graph`` with the client's websocket open; time each node from the 'executing' messages."""
-    from ttm_core.client import ComfyError
+    from ttm_batch.client import ComfyError
 
     started = time.monotonic()
     node_seconds: dict[str, float] = {}

@@ -25,8 +25,10 @@ Relative file paths are relative to the jobs file. Validation uses the server's
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,12 @@ from typing import Any
 
 SEMANTIC_FIELDS = ("id", "image", "masks", "prompt", "motion", "objects", "paths", "seed", "overrides")
 SEED_INPUTS = ("seed", "noise_seed")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+ID_MAX_CHARS = 100
+ID_MAX_BYTES = 255  # a folder name on ext4, APFS, NTFS: the id is the job's folder under --out
+ID_RULE = ("use 1-100 letters (any script, with their accents) or digits and '.', '_', '-', starting with a "
+           "letter or digit, e.g. 'shot-01' or 'unicode-고양이'")
+_ID_PUNCTUATION = "._-"
+_PLAIN_ASCII = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class JobError(ValueError):
@@ -201,6 +208,76 @@ class WorkflowIndex:
                       key=lambda i: (len(i), i))
 
 
+def _id_char(char: str, first: bool) -> bool:
+    if first:
+        return char.isalnum()
+    # Marks (accents, vowel signs, viramas) belong to the letter before them: Devanagari, Thai,
+    # Tamil ... words are letters + marks even after NFC, and str.isalnum() is False for a mark.
+    return char.isalnum() or char in _ID_PUNCTUATION or unicodedata.category(char).startswith("M")
+
+
+def _id_problem(job_id: str) -> str | None:
+    """Why ``job_id`` (NFC) cannot be a job id, or None if it can."""
+    if not job_id:
+        return "it is empty"
+    if len(job_id) > ID_MAX_CHARS:
+        return f"it has {len(job_id)} characters, more than {ID_MAX_CHARS}"
+    if len(job_id.encode("utf-8")) > ID_MAX_BYTES:
+        return f"it is {len(job_id.encode('utf-8'))} bytes in UTF-8, more than a folder name holds ({ID_MAX_BYTES})"
+    for position, char in enumerate(job_id):
+        if _id_char(char, position == 0):
+            continue
+        if char in "/\\":
+            what = f"the path separator {char!r}"
+        elif char.isspace():
+            name = unicodedata.name(char, "")
+            what = f"whitespace ({name.lower() if name else f'U+{ord(char):04X}'})"
+        elif unicodedata.category(char).startswith("C"):
+            what = f"the control or format character U+{ord(char):04X}"
+        else:
+            what = repr(char)
+        return f"it starts with {what}" if position == 0 else f"it contains {what}"
+    return None
+
+
+def _id_suggestion(job_id: str) -> str | None:
+    """``job_id`` with every character an id cannot have replaced by '-' (None if nothing is left)."""
+    text = re.sub(r"-{2,}", "-", "".join(c if _id_char(c, False) else "-" for c in job_id))
+    while text and not text[0].isalnum():
+        text = text[1:]
+    text = text[:ID_MAX_CHARS].rstrip("-")
+    while len(text.encode("utf-8")) > ID_MAX_BYTES:
+        text = text[:-1]
+    return text if text and _id_problem(text) is None else None
+
+
+def check_id(value: Any, line: int) -> str:
+    """The job id of a jobs-file line (Unicode NFC), or JobError naming what is wrong and what is allowed."""
+    job_id = unicodedata.normalize("NFC", str(value))
+    problem = _id_problem(job_id)
+    if problem:
+        suggestion = _id_suggestion(job_id)
+        raise JobError(line, f"id {str(value)!r} cannot be a job id: {problem}",
+                       ID_RULE + (f"; this one could be {suggestion!r}" if suggestion else ""))
+    return job_id
+
+
+def server_name(text: str, max_chars: int = ID_MAX_CHARS) -> str:
+    """An ASCII file-name part for ``text`` on the servers (upload names, filename prefixes).
+
+    ``text`` itself when it is plain ASCII (letters, digits, '.', '_', '-'; so ASCII ids keep
+    their names), else its ASCII letters and digits plus a hash of the whole text ('unicode-고양이'
+    -> 'unicode-9282859e14'). ComfyUI 0.3.75 stores non-ASCII names as given, but a server's file
+    system, locale or proxy may not; the job's own folder under --out keeps the real id.
+    """
+    if _PLAIN_ASCII.match(text) and len(text) <= max_chars:
+        return text
+    ascii_part = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    ascii_part = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_part).strip("._-")[:max_chars - 11].rstrip("._-")
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+    return f"{ascii_part or 'x'}-{digest}"
+
+
 def _file(base: Path, value: Any, what: str, line: int) -> FileValue:
     if not isinstance(value, str) or not value.strip():
         raise JobError(line, f"{what} is {value!r}, not a file path", "give a path to an image file")
@@ -224,9 +301,7 @@ def validate_job(raw: RawJob, workflow: Mapping[str, Any], object_info: Mapping[
     unknown = set(fields) - set(SEMANTIC_FIELDS)
     if unknown:
         raise JobError(line, f"unknown fields {sorted(unknown)}", f"use {', '.join(SEMANTIC_FIELDS)}")
-    job_id = str(fields.get("id", f"line-{line}"))
-    if not _ID.match(job_id):
-        raise JobError(line, f"id {job_id!r} is not a plain name", "use letters, digits, '.', '_' and '-'")
+    job_id = check_id(fields.get("id", f"line-{line}"), line)
     index = WorkflowIndex(workflow)
     settings: dict[tuple[str, str], Any] = {}
 
@@ -289,20 +364,21 @@ def validate_job(raw: RawJob, workflow: Mapping[str, Any], object_info: Mapping[
 
 def validate_jobs(raws: Sequence[RawJob], workflow: Mapping[str, Any], object_info: Mapping[str, Any],
                   base: Path) -> tuple[list[Job], list[JobError]]:
-    """Validate every line; duplicates ids are errors on the later line."""
+    """Validate every line; a duplicate id is an error on the later line (the first line keeps the id)."""
     missing = sorted({n["class_type"] for n in workflow.values()} - set(object_info))
     if missing:
         raise JobError(0, f"the server lacks the workflow's node types {missing}",
                        "install the packs the workflow needs on every server")
     jobs: list[Job] = []
     errors: list[JobError] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # id -> the line that has it
     for raw in raws:
         try:
             job = validate_job(raw, workflow, object_info, base)
             if job.id in seen:
-                raise JobError(raw.line, f"the id {job.id!r} is used twice", "give every job a unique id")
-            seen.add(job.id)
+                raise JobError(raw.line, f"the id {job.id!r} is used twice (line {seen[job.id]} has it too)",
+                               "give every job a unique id")
+            seen[job.id] = raw.line
             jobs.append(job)
         except JobError as err:
             errors.append(err)

@@ -1,26 +1,20 @@
-"""`ttm-batch`: run many jobs of one API-format workflow on one or more ComfyUI servers.
+"""The batch runner: spread validated jobs over ComfyUI servers and record each in the manifest.
 
-    ttm-batch --server http://127.0.0.1:8188 [--server URL2 ...] \\
-              --workflow workflows/ttm_warp_paths_api.json --jobs jobs.jsonl --out renders/
-
-Every job ends in the manifest (``DIR/manifest.jsonl``) with its files or its error. Jobs
-are validated against the workflow and the server's /object_info before anything is
-queued; each server runs at most ``--per-server`` jobs at once; a server that stops
-answering has its jobs re-queued on the others; ``--retries`` re-runs jobs that failed;
-``--resume`` skips jobs the manifest already has as done; Ctrl-C interrupts our running
-prompts, deletes our queued ones and flushes the manifest. See ttm_core.jobs for the
-jobs-file format.
+Every job ends in the manifest (``DIR/manifest.jsonl``) with its files or its error. Each
+server runs at most ``per_server`` jobs at once; a server that stops answering has its jobs
+re-queued on the others; ``retries`` re-runs jobs that failed inside a node; cancel() (the
+CLI's Ctrl-C) interrupts our running prompts, deletes our queued ones and records the
+cancelled jobs. The command line is ttm_batch.cli; the jobs-file format is ttm_batch.jobs.
 """
-
 from __future__ import annotations
 
-import argparse
+import hashlib
 import json
 import logging
 import os
 import queue
+import re
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -30,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import ComfyClient, ComfyError, ComfyUnreachable
-from .jobs import Job, JobError, apply_job, read_jobs, validate_jobs
+from .jobs import Job, apply_job, server_name
 
 LOG = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
@@ -46,7 +40,7 @@ class Outcome:
     server: str | None = None
     prompt_id: str | None = None
     files: list[str] = field(default_factory=list)
-    attempts: int = 0
+    attempts: int = 0  # 0: never started (a refused jobs-file line, or cancelled / no server before it ran)
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -67,10 +61,16 @@ class Manifest:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def done(self) -> dict[str, dict[str, Any]]:
-        """Latest 'done' entry per job id whose files are all still there."""
+        """Per job id, its latest entry that ran, if that is 'done' and its files are all still there.
+
+        Entries that never started (attempts 0) are skipped: they cannot have changed the job's
+        files, and a refused jobs-file line is recorded under the id it claimed, which may be
+        another line's job (a reused id) whose render must not be shadowed and run again.
+        """
         latest: dict[str, dict[str, Any]] = {}
         for entry in self.entries():
-            latest[entry["job"]] = entry
+            if entry.get("attempts", 0) > 0:
+                latest[entry["job"]] = entry
         root = self.path.parent
         return {job: e for job, e in latest.items()
                 if e["status"] == "done" and all((root / f).is_file() for f in e["files"])}
@@ -190,9 +190,11 @@ class BatchRunner:
             uploaded = {}
             for _, _, path in job.files:
                 if path not in uploaded:
-                    name = f"ttmb_{self.run_token}_{job.id}_{path.name}"
-                    uploaded[path] = client.upload_image(path.read_bytes(), name)
-            prompt = apply_job(self.workflow, job, uploaded, f"ttm-batch/{self.run_token}/{job.id}_a{task.attempt}")
+                    data = path.read_bytes()
+                    uploaded[path] = client.upload_image(data, self._upload_name(job, path, data))
+            # The id names the local folder only; on the server it is an ASCII name (see server_name).
+            prompt = apply_job(self.workflow, job, uploaded,
+                               f"ttm-batch/{self.run_token}/{server_name(job.id)}_a{task.attempt}")
             with client.socket(timeout=1.0) as socket:
                 # The id is ours and registered before the POST: a Ctrl-C while it is in flight
                 # (cancel() reads server.running) still deletes the prompt if it lands.
@@ -227,6 +229,13 @@ class BatchRunner:
         finished = time.time()
         return Outcome(job.id, job.line, "done", server.url, prompt_id, files, task.attempt,
                        started_at=started, finished_at=finished, seconds=round(finished - started, 3))
+
+    def _upload_name(self, job: Job, path: Path, data: bytes) -> str:
+        """An ASCII input-folder name, unique per content: two files of one job with the same name
+        (shots/a.png, masks/a.png) must not overwrite each other, and uploads overwrite."""
+        digest = hashlib.sha256(data).hexdigest()[:12]
+        suffix = path.suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", path.suffix) else ""
+        return f"ttmb_{self.run_token}_{server_name(job.id)}_{server_name(path.stem, 40)}_{digest}{suffix}"
 
     def _follow(self, socket, client: ComfyClient, prompt_id: str, job: Job, server: _Server, slot: int,
                 started: float) -> None:
@@ -387,85 +396,3 @@ def _answers(url: str) -> bool:
         return True
     except ComfyError:
         return False
-
-
-# ---------------------------------------------------------------------- command line
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ttm-batch", description=__doc__.split("\n\n")[1].strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", action="append", required=True, help="ComfyUI URL (repeat for several)")
-    parser.add_argument("--workflow", type=Path, required=True, help="API-format workflow JSON")
-    parser.add_argument("--jobs", type=Path, required=True, help="jobs file (.jsonl or .csv)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (files + manifest.jsonl)")
-    parser.add_argument("--per-server", type=int, default=2, help="jobs in flight per server (default 2)")
-    parser.add_argument("--retries", type=int, default=0, help="re-run a failed job up to N times")
-    parser.add_argument("--resume", action="store_true", help="skip jobs the manifest has as done")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one job may take")
-    parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bars")
-    options = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[ttm-batch] %(message)s", stream=sys.stderr)
-
-    try:
-        workflow = json.loads(options.workflow.read_text())
-        raws = read_jobs(options.jobs)
-    except (OSError, json.JSONDecodeError) as err:
-        LOG.error("cannot read the workflow or jobs file: %s", err)
-        return 2
-    except JobError as err:
-        LOG.error("%s", err)
-        return 2
-    if not isinstance(workflow, dict) or not all(isinstance(n, dict) and "class_type" in n for n in workflow.values()):
-        LOG.error("%s is not an API-format workflow (export it with 'Save (API)')", options.workflow)
-        return 2
-    manifest = Manifest(options.out / MANIFEST)
-    if manifest.entries() and not options.resume:
-        LOG.error("%s already has a manifest; use --resume to continue it, or another --out", options.out)
-        return 2
-    object_info = None
-    for url in options.server:
-        try:
-            object_info = ComfyClient(url, timeout=30).object_info()
-            break
-        except ComfyError as err:
-            LOG.warning("%s", err)
-    if object_info is None:
-        LOG.error("no server answered: %s", ", ".join(options.server))
-        return 2
-    try:
-        jobs, errors = validate_jobs(raws, workflow, object_info, options.jobs.parent)
-    except JobError as err:
-        LOG.error("%s", err)
-        return 2
-    options.out.mkdir(parents=True, exist_ok=True)
-    for error in errors:
-        job_id = next((str(r.fields.get("id", f"line-{r.line}")) for r in raws if r.line == error.line), "?")
-        manifest.append(Outcome(job_id, error.line, "failed", error=str(error)))
-        LOG.warning("%s", error)
-    done = manifest.done() if options.resume else {}
-    todo = [job for job in jobs if job.id not in done]
-    if done:
-        LOG.info("resuming: %d jobs already done, %d to run", len(jobs) - len(todo), len(todo))
-    progress = options.progress == "on" or (options.progress == "auto" and sys.stderr.isatty())
-    runner = BatchRunner(options.server, workflow, todo, options.out, options.per_server, options.retries,
-                         options.timeout, progress)
-    try:
-        if progress:
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
-            with logging_redirect_tqdm():  # log lines above the bars, not through them
-                outcomes = runner.run()
-        else:
-            outcomes = runner.run()
-    except KeyboardInterrupt:
-        LOG.warning("cancelled; the manifest has every finished job (%s)", manifest.path)
-        return 130
-    done_now = sum(o.status == "done" for o in outcomes)
-    failed = len(outcomes) - done_now + len(errors)
-    LOG.info("%d done, %d skipped as already done, %d failed; manifest: %s", done_now, len(jobs) - len(todo), failed,
-             manifest.path)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
