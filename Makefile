@@ -7,7 +7,7 @@ SERVE_BASE ?= $(or $(TTM_SERVE_BASE),.comfyui/serve)
 
 .PHONY: setup demo test serve bench-native clean
 
-setup:  ## build .venv (torch, deps, test tools) and .comfyui/ComfyUI from nothing; idempotent
+setup:  ## build .venv (torch, deps, test tools), .comfyui/ComfyUI and .comfyui/frontends/ (newest frontend) from nothing; idempotent
 	bash tools/setup_env.sh
 
 demo: setup  ## start a headless ComfyUI, queue the shipped workflow, print the mp4's path last
