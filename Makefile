@@ -9,7 +9,7 @@ COMFY_PY := $(or $(TTM_COMFYUI_PYTHON),$(PY))
 
 .PHONY: setup demo test test-fast lint serve bench-attention bench-stage2 bench-native bench-encode clean
 
-setup:  ## build .venv (torch, deps, test tools), .comfyui/ComfyUI and the newest frontend from nothing; idempotent
+setup:  ## build .venv (torch, deps, test tools), .comfyui/ComfyUI and .comfyui/frontends/ (newest frontend) from nothing; idempotent
 	bash tools/setup_env.sh
 
 demo: setup  ## start a headless ComfyUI, queue the shipped workflow, print the mp4's path last

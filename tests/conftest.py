@@ -1,4 +1,8 @@
-"""Shared fixtures: real ComfyUI servers (plain, and with the tiny native Wan models), clients, artifacts."""
+"""Shared fixtures: real ComfyUI servers (plain, and with the tiny native Wan models), clients, artifacts.
+
+Each server serves ComfyUI's own frontend; the ``*_newest_frontend`` twins are the same servers serving
+the newest frontend (requirements-frontend-new.txt) with --front-end-root, for the browser tests.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pytest
 from common import ROOT
 from tiny_models import TinyModels, build_tiny_models
 from native_wan import FIXTURES, write_native_wan
-from tools.comfy_harness import ComfyServer
+from tools.comfy_harness import NEWEST_FRONTEND, ComfyServer, frontend_root
 from ttm_batch.client import ComfyClient
 
 
@@ -29,9 +33,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
-def _serve(base: Path, artifacts: Path, log_name: str) -> Iterator[ComfyServer]:
-    """Start a ComfyUI on ``base``, yield it, then stop it and keep its log as artifacts/``log_name``."""
-    server = ComfyServer(base)
+def _serve(base: Path, artifacts: Path, log_name: str, frontend: Path | None = None) -> Iterator[ComfyServer]:
+    """Start a ComfyUI on ``base``, yield it, then stop it and keep its log as artifacts/``log_name``.
+
+    ``frontend``: a frontend folder served instead of ComfyUI's own (--front-end-root)."""
+    server = ComfyServer(base, frontend_root=frontend)
     server.start()
     try:
         yield server
@@ -40,20 +46,40 @@ def _serve(base: Path, artifacts: Path, log_name: str) -> Iterator[ComfyServer]:
         shutil.copy(server.log_path, artifacts / log_name)
 
 
+def _comfy_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path, tiny_models: TinyModels,
+                  log_name: str, frontend: Path | None = None) -> Iterator[ComfyServer]:
+    base = tmp_path_factory.mktemp("comfyui")
+    tiny_models.install(base / "models")
+    yield from _serve(base, artifacts, log_name, frontend)
+
+
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path,
                  tiny_models: TinyModels) -> Iterator[ComfyServer]:
     """A real ComfyUI (the project's, or TTM_COMFYUI_DIR) with the pack, on a free loopback port.
 
     Its models folder holds the tiny models under the names the shipped workflows use."""
-    base = tmp_path_factory.mktemp("comfyui")
-    tiny_models.install(base / "models")
-    yield from _serve(base, artifacts, "comfyui-test-server.log")
+    yield from _comfy_server(tmp_path_factory, artifacts, tiny_models, "comfyui-test-server.log")
+
+
+@pytest.fixture(scope="session")
+def comfy_server_newest_frontend(tmp_path_factory: pytest.TempPathFactory, artifacts: Path,
+                                 tiny_models: TinyModels) -> Iterator[ComfyServer]:
+    """``comfy_server`` serving the newest frontend (its own base directory, the same tiny models)."""
+    yield from _comfy_server(tmp_path_factory, artifacts, tiny_models,
+                             f"comfyui-test-server-frontend-{NEWEST_FRONTEND}.log", frontend_root(NEWEST_FRONTEND))
 
 
 @pytest.fixture(scope="session")
 def client(comfy_server: ComfyServer) -> ComfyClient:
     return ComfyClient(comfy_server.url, timeout=60)
+
+
+def _native_wan_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path, log_name: str,
+                       frontend: Path | None = None) -> Iterator[ComfyServer]:
+    base = tmp_path_factory.mktemp("comfyui-native-wan")
+    write_native_wan(base / "models")
+    yield from _serve(base, artifacts, log_name, frontend)
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +89,16 @@ def native_wan_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path)
     The files are written (linked from the build cache) before the server starts, so
     the loader nodes list them from the first /object_info on.
     """
-    base = tmp_path_factory.mktemp("comfyui-native-wan")
-    write_native_wan(base / "models")
-    yield from _serve(base, artifacts, "comfyui-native-wan-server.log")
+    yield from _native_wan_server(tmp_path_factory, artifacts, "comfyui-native-wan-server.log")
+
+
+@pytest.fixture(scope="session")
+def native_wan_server_newest_frontend(tmp_path_factory: pytest.TempPathFactory,
+                                      artifacts: Path) -> Iterator[ComfyServer]:
+    """``native_wan_server`` serving the newest frontend (its own base directory, the same fixtures)."""
+    yield from _native_wan_server(tmp_path_factory, artifacts,
+                                  f"comfyui-native-wan-server-frontend-{NEWEST_FRONTEND}.log",
+                                  frontend_root(NEWEST_FRONTEND))
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,10 @@ the columns given below, a note is added, and `app.graph.serialize()` is saved. 
 is then rewritten from `app.graphToPrompt()`, so it lists every widget value the UI fills in
 (new optional inputs at their defaults) and the two stay identical node for node. Using the
 frontend guarantees both files are exactly what ComfyUI itself writes.
-Run: .venv/bin/python tools/make_ui_workflow.py workflows/X_api.json [--note TEXT]
+Run: .venv/bin/python tools/make_ui_workflow.py workflows/X_api.json [--note TEXT] [--frontend VERSION]
+
+The committed twins come from ComfyUI's own frontend (the default), so they do not change with the
+frontend a user runs; ``--frontend 1.58.1`` makes them with the newest one (make setup unpacks it).
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.browser import comfy_page  # noqa: E402
-from tools.comfy_harness import ComfyServer  # noqa: E402
+from tools.browser import comfy_page, frontend_version  # noqa: E402
+from tools.comfy_harness import NEWEST_FRONTEND, ComfyServer, frontend_root  # noqa: E402
 
 LAYOUT_JS = """
 async ([api, note]) => {
-  app.loadApiJson(api, 'workflow');
+  // Async (and queued behind other graph loads) from 1.58.1 on; awaiting 1.32.9's plain return is harmless.
+  await app.loadApiJson(api, 'workflow');
   // Columns by graph depth: a node sits one column right of its deepest input.
   const depth = {};
   const ids = Object.keys(api);
@@ -70,6 +74,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("api_workflow", type=Path)
     parser.add_argument("--note", default=None, help="markdown shown in a note node (default: the UI twin's current note)")
+    parser.add_argument("--frontend", default=None,
+                        help=f"frontend version to write with (default: ComfyUI's own; {NEWEST_FRONTEND}: the newest)")
     options = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     api = json.loads(options.api_workflow.read_text())
@@ -78,8 +84,10 @@ def main() -> int:
         notes = [n["widgets_values"][0] for n in json.loads(target.read_text())["nodes"]
                  if n["type"] in ("MarkdownNote", "Note")]
         options.note = notes[0] if notes else ""
-    with tempfile.TemporaryDirectory(prefix="ttm-ui-") as base, ComfyServer(Path(base)) as server, \
+    root = frontend_root(options.frontend) if options.frontend else None
+    with tempfile.TemporaryDirectory(prefix="ttm-ui-") as base, ComfyServer(Path(base), frontend_root=root) as server, \
             comfy_page(server.url) as page:
+        logging.info("laying out %s with frontend %s", options.api_workflow.name, frontend_version(page))
         made = json.loads(page.evaluate(LAYOUT_JS, [api, options.note or ""]))
     graph, prompt = made["graph"], made["prompt"]
     if sorted(prompt) != sorted(api):

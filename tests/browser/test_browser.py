@@ -1,10 +1,16 @@
-"""The frontend in headless Chromium: every UI workflow loads, matches its API twin, and runs."""
+"""The frontend in headless Chromium: every UI workflow loads, matches its API twin, and runs.
+
+Every test runs on each frontend ``frontends()`` names: ComfyUI 0.3.75's own (1.32.9) and the newest one
+(1.58.1, served with --front-end-root by the ``*_newest_frontend`` server fixtures).
+"""
 
 from __future__ import annotations
 
 import copy
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -14,8 +20,9 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from common import WORKFLOWS
 from native_wan import TINY_FRAMES, TINY_SIZE, tiny_workflow
-from stage2_cases import server_models, tiny_model_dir  # noqa: F401 (fixtures)
-from tools.browser import comfy_page
+from stage2_cases import link_tiny_models, tiny_model_dir  # noqa: F401 (fixture)
+from tools.browser import DIALOGS_JS, comfy_page, dialogs, fit_view, frontend_version, problem_dialogs, redraw
+from tools.comfy_harness import ComfyServer, frontend_root, frontends
 from ttm_batch.client import ComfyClient
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
@@ -32,21 +39,44 @@ DIFFUSERS_SWAPS = {
                             "TTM_DiffusersMotionToVideo": {"steps": 2, "width": 64, "height": 64}}, 4),
 }
 
-LOAD_JS = """
-async (graph) => {
-  await app.loadGraphData(graph);
-  await new Promise((resolve) => setTimeout(resolve, 500));
-  const dialogs = [...document.querySelectorAll('.p-dialog, .p-toast-message')].map((d) => d.innerText);
+FRONTENDS = list(frontends())
+# The server fixtures (tests/conftest.py) by kind, for ComfyUI's own frontend; the newest frontend's twins
+# carry the suffix below.
+SERVER_FIXTURES = {"plain": "comfy_server", "native": "native_wan_server"}
+NEWEST_SUFFIX = "_newest_frontend"
+
+STATE_JS = """async () => {
   const unregistered = app.graph.nodes.map((n) => n.type).filter((t) => !LiteGraph.registered_node_types[t]);
   const prompt = (await app.graphToPrompt()).output;
-  return {dialogs, unregistered, prompt};
-}
-"""
+  return {unregistered, prompt};
+}"""
 
 
-def problem_dialogs(dialogs: list[str]) -> list[str]:
-    """Dialogs and toasts that report missing nodes or a workflow the frontend finds invalid."""
-    return [d for d in dialogs if "missing" in d.lower() or "invalid" in d.lower()]
+@pytest.fixture(params=FRONTENDS)
+def frontend(request: pytest.FixtureRequest) -> str:
+    """The version of the frontend the test's page runs."""
+    return request.param
+
+
+def server_for(request: pytest.FixtureRequest, kind: str, frontend: str) -> ComfyServer:
+    """The session's server of ``kind`` ("plain" or "native") serving ``frontend``."""
+    own = frontend_root(frontend) is None
+    return request.getfixturevalue(SERVER_FIXTURES[kind] + ("" if own else NEWEST_SUFFIX))
+
+
+@contextmanager
+def frontend_page(server: ComfyServer, frontend: str) -> Iterator[Page]:
+    """A started page of ``server`` that checks it really runs ``frontend``."""
+    with comfy_page(server.url) as page:
+        assert frontend_version(page) == frontend, f"{server.url} serves frontend {frontend_version(page)}"
+        yield page
+
+
+def load(page: Page, graph: dict) -> None:
+    """Load a UI-format workflow and wait until the canvas has drawn all of its nodes."""
+    page.evaluate("async (graph) => { await app.loadGraphData(graph); }", graph)
+    page.wait_for_function("(count) => app.graph.nodes.length === count", arg=len(graph["nodes"]), timeout=20_000)
+    redraw(page)
 
 
 def test_there_are_ui_workflows() -> None:
@@ -56,19 +86,25 @@ def test_there_are_ui_workflows() -> None:
         assert path.with_name(path.stem + "_api.json").exists(), f"{path.name} has no API-format twin"
 
 
-def test_missing_nodes_are_detected(comfy_server) -> None:
-    """The check below can fail: a workflow with an unknown node type trips it."""
+def test_missing_nodes_are_detected(request: pytest.FixtureRequest, artifacts: Path, frontend: str) -> None:
+    """The dialog check of the workflow test can fail: a workflow with an unknown node type trips it.
+
+    1.32.9 says so in a dialog (role dialog), 1.58.1 in a warning toast (role status); both name the node.
+    """
     graph = json.loads(UI_WORKFLOWS[0].read_text())
     graph["nodes"][0]["type"] = "TTM_NoSuchNode"
-    with comfy_page(comfy_server.url) as page:
-        state = page.evaluate(LOAD_JS, graph)
-    assert problem_dialogs(state["dialogs"]) or state["unregistered"] == ["TTM_NoSuchNode"]
-    assert "TTM_NoSuchNode" in " ".join(state["dialogs"]) + " ".join(state["unregistered"])
-
-
-def fit_view(page) -> None:
-    page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
-    page.wait_for_timeout(300)
+    with frontend_page(server_for(request, "plain", frontend), frontend) as page:
+        load(page, graph)
+        try:
+            page.wait_for_function(f"() => ({DIALOGS_JS})().some((text) => text.includes('TTM_NoSuchNode'))",
+                                   timeout=20_000)
+        except PlaywrightTimeoutError:
+            pytest.fail(f"no dialog or toast names the missing node; dialogs: {dialogs(page)}")
+        shown = dialogs(page)
+        state = page.evaluate(STATE_JS)
+        page.screenshot(path=str(artifacts / f"ui_missing_nodes_{frontend}.png"))
+    assert [text for text in problem_dialogs(shown) if "TTM_NoSuchNode" in text], shown
+    assert state["unregistered"] == ["TTM_NoSuchNode"]
 
 
 def tiny_swaps(path: Path, api: dict) -> tuple[dict[str, dict], int, bool]:
@@ -104,7 +140,6 @@ QUEUE_JS = """async ([prefix, swaps]) => {
   }
   return String(await app.queuePrompt(0, 1));
 }"""
-DIALOGS_JS = "() => [...document.querySelectorAll('.p-dialog, .p-toast-message')].map((d) => d.innerText)"
 
 
 def queue_from_page(page: Page, prefix: str, swaps: dict[str, dict]) -> str:
@@ -122,55 +157,64 @@ def queue_from_page(page: Page, prefix: str, swaps: dict[str, dict]) -> str:
             returned = page.evaluate(QUEUE_JS, [prefix, swaps])
     except PlaywrightTimeoutError:
         raise AssertionError(f"the page sent no POST /prompt (app.queuePrompt returned {returned}); "
-                             f"dialogs: {page.evaluate(DIALOGS_JS)}; console: {console[-10:]}") from None
+                             f"dialogs: {dialogs(page)}; console: {console[-10:]}") from None
     body = answer.value.json()
     assert answer.value.status == 200 and not body.get("node_errors"), \
-        f"the server refused the prompt queued from the page: {body}; dialogs: {page.evaluate(DIALOGS_JS)}"
+        f"the server refused the prompt queued from the page: {body}; dialogs: {dialogs(page)}"
     return body["prompt_id"]
 
 
-def test_a_prompt_the_server_refuses_fails_with_its_answer(comfy_server) -> None:
+def test_a_prompt_the_server_refuses_fails_with_its_answer(request: pytest.FixtureRequest, frontend: str) -> None:
     """The queue check can fail: the Wan workflow on a server without Wan models is refused, and says why."""
     graph = json.loads((WORKFLOWS / "ttm_wan21_i2v_patch.json").read_text())
-    with comfy_page(comfy_server.url) as page:
-        page.evaluate("async (graph) => { await app.loadGraphData(graph); }", graph)
+    with frontend_page(server_for(request, "plain", frontend), frontend) as page:
+        load(page, graph)
         with pytest.raises(AssertionError, match="refused.*wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"):
             queue_from_page(page, f"ttm/refused_{uuid.uuid4().hex[:8]}", {})
 
 
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
 def test_ui_workflow_loads_matches_api_twin_and_runs(request: pytest.FixtureRequest, artifacts: Path,
-                                                     path: Path) -> None:
+                                                     frontend: str, path: Path) -> None:
     graph = json.loads(path.read_text())
     api = json.loads(path.with_name(path.stem + "_api.json").read_text())
     swaps, frames, native = tiny_swaps(path, api)
-    server = request.getfixturevalue("native_wan_server" if native else "comfy_server")
+    server = server_for(request, "native" if native else "plain", frontend)
     if any(node["class_type"] == "TTM_VideoModelLoader" for node in api.values()):
-        request.getfixturevalue("server_models")
+        link_tiny_models(server, request.getfixturevalue("tiny_model_dir"))
     client = ComfyClient(server.url, timeout=120)
     prefix = f"ttm/browser_{uuid.uuid4().hex[:8]}"
-    with comfy_page(server.url) as page:
-        state = page.evaluate(LOAD_JS, graph)
-        assert not problem_dialogs(state["dialogs"]), state["dialogs"]
+    with frontend_page(server, frontend) as page:
+        load(page, graph)
+        assert not problem_dialogs(dialogs(page)), dialogs(page)
+        state = page.evaluate(STATE_JS)
         assert state["unregistered"] == []
         prompt = state["prompt"]
         assert {k: v["class_type"] for k, v in prompt.items()} == {k: v["class_type"] for k, v in api.items()}
         for node_id, node in api.items():  # same widget values and the same links
             assert prompt[node_id]["inputs"] == node["inputs"], node_id
         fit_view(page)
-        page.screenshot(path=str(artifacts / f"ui_{path.stem}_loaded.png"))
+        page.screenshot(path=str(artifacts / f"ui_{path.stem}_{frontend}_loaded.png"))
 
         # Queue from the page, as an artist would, with a fresh prefix so nothing is cached.
         prompt_id = queue_from_page(page, prefix, swaps)
         result = client.wait(prompt_id, timeout=600)
         assert result.status == "success", f"the prompt queued from the page failed: {result.error}"
-        page.wait_for_timeout(1000)
+        videos = [(node_id, item) for node_id, output in result.history["outputs"].items()
+                  for item in output.get("images", []) if item["filename"].endswith(".mp4")]
+        assert len(videos) == 1 and videos[0][1]["filename"].startswith(prefix.split("/")[1]), videos
+        video_node, video = videos[0]
+        # The page shows the result: its websocket delivered the node's output and the node's player loaded it.
+        page.wait_for_function("([id, name]) => JSON.stringify(app.nodeOutputs?.[id] ?? {}).includes(name)",
+                               arg=[video_node, video["filename"]], timeout=30_000)
+        page.wait_for_function("(name) => [...document.querySelectorAll('video')].some((v) => "
+                               "v.src.includes(encodeURIComponent(name)) && v.readyState >= 2)",
+                               arg=video["filename"], timeout=30_000)
         fit_view(page)
-        page.screenshot(path=str(artifacts / f"ui_{path.stem}_ran.png"))
-    videos = [item for output in result.history["outputs"].values() for item in output.get("images", [])
-              if item["filename"].endswith(".mp4")]
-    assert len(videos) == 1 and videos[0]["filename"].startswith(prefix.split("/")[1])
-    file = server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"]
+        page.screenshot(path=str(artifacts / f"ui_{path.stem}_{frontend}_ran.png"))
+        # Dialogs the frontend raised late (after its asynchronous load-time checks) show by now.
+        assert not problem_dialogs(dialogs(page)), dialogs(page)
+    file = server.base / "output" / video["subfolder"] / video["filename"]
     with av.open(str(file)) as container:
         count = sum(1 for _ in container.decode(video=0))
     assert count == frames

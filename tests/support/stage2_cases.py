@@ -34,16 +34,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def server_models(comfy_server, tiny_model_dir: Path) -> Iterator[Path]:
-    """The tiny models linked into the test server's models/diffusers folder."""
-    target = comfy_server.base / "models" / "diffusers"
+def link_tiny_models(server, tiny_model_dir: Path) -> Path:
+    """Link the tiny models into ``server``'s models/diffusers folder; returns that folder."""
+    target = server.base / "models" / "diffusers"
     target.mkdir(parents=True, exist_ok=True)
     link = target / TINY_PREFIX
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(tiny_model_dir, target_is_directory=True)
-    yield target
+    return target
+
+
+@pytest.fixture(scope="session")
+def server_models(comfy_server, tiny_model_dir: Path) -> Iterator[Path]:
+    """The tiny models linked into the test server's models/diffusers folder."""
+    yield link_tiny_models(comfy_server, tiny_model_dir)
 
 
 def two_balls(frames: int = 9, size: int = SIZE, shift: int = 2) -> Trajectory:
