@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import ComfyExtension, io
+
+from ..ttm_core.environment import check_torch
+
+check_torch(torch.__version__)  # before the node modules: a too-old torch is named, not a confusing AttributeError
 
 from ._models import register_model_folders
 from .llm_nodes import LLMEndpoint, LLMLoader

@@ -4,18 +4,23 @@ no print, no bare except."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ttm_core.errors import TTMInputError
+
 ROOT = Path(__file__).resolve().parents[2]
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "comfy_config", "folder_paths", "server",
                  "nodes", "execution", "node_helpers", "latent_preview", "app", "utils"}
 CORE_FILES = sorted((ROOT / "ttm_core").rglob("*.py"))
 BATCH_FILES = sorted((ROOT / "batch" / "ttm_batch").rglob("*.py"))
-PACK_FILES = CORE_FILES + sorted((ROOT / "nodes").rglob("*.py")) + [ROOT / "__init__.py"] + BATCH_FILES
+NATIVE_FILES = sorted((ROOT / "native").rglob("*.py"))
+PACK_FILES = (CORE_FILES + sorted((ROOT / "nodes").rglob("*.py")) + NATIVE_FILES + [ROOT / "__init__.py"]
+              + BATCH_FILES)
 # What batch/pyproject.toml declares (import names): ttm-batch must install and run without the pack.
 BATCH_DEPENDENCIES = {"websocket", "tqdm"}
 
@@ -113,3 +118,29 @@ def test_nodes_import_the_core_relatively() -> None:
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 assert (node.module or "").split(".")[0] not in {"nodes", "ttm_core"}, \
                     f"{path.name} imports {node.module} absolutely"
+
+
+def test_requirements_leave_torch_to_comfyui() -> None:
+    """pip must never replace the user's (CUDA) torch: the pack's requirements do not name it."""
+    for path in (ROOT / "requirements.txt", ROOT / "pyproject.toml", ROOT / "batch" / "pyproject.toml"):
+        names = re.findall(r'^\s*"?([A-Za-z0-9_.-]+)\s*(?:[<>=!~;]|"|$)', path.read_text(), re.M)
+        assert not {"torch", "torchvision", "torchaudio"} & {n.lower() for n in names}, path.name
+
+
+def test_a_too_old_torch_is_refused_with_the_fix() -> None:
+    from ttm_core.environment import check_torch, torch_version_ok
+
+    assert torch_version_ok("2.14.1+cu130") and torch_version_ok("2.4.0") and torch_version_ok("3.0")
+    assert not torch_version_ok("2.3.1+cu121") and not torch_version_ok("1.13.1") and not torch_version_ok("nightly")
+    with pytest.raises(TTMInputError, match=r"needs PyTorch 2\.4 or newer, this ComfyUI has 2\.3\.1.*ComfyUI's install"):
+        check_torch("2.3.1+cu121")
+
+
+@pytest.mark.parametrize("path", NATIVE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_native_engine_never_imports_the_nodes(path: Path) -> None:
+    """Dependencies point one way: nodes -> native -> ttm_core."""
+    for module, level in imports(path):
+        if level >= 2:
+            assert module.split(".")[0] in ("ttm_core", ""), f"{path.name}: 'from {'.' * level}{module}'"
+        if level == 0:
+            assert module.split(".")[0] not in ("ttm_core", "native"), f"{path.name} imports {module} absolutely"
