@@ -92,9 +92,13 @@ def test_jobs_are_validated_against_workflow_and_object_info(client: ComfyClient
     workflow = load_workflow(WORKFLOW.name)
     valid, errors = validate_jobs(raws, workflow, client.object_info(), tmp_path)
     assert [j.id for j in valid] == ["shot-01", "shot-06", "shot-08"]
-    # 'seed' goes to every seed input: Prompt Decompose's (LLM) and Masked Motion To Video's (comfy backend)
+    # 'seed' goes to every seed input: here Prompt Decompose's (LLM); the warp node takes none
     assert {(node, name): value for (node, name), value in valid[1].settings.items() if name == "seed"} == \
-        {("4", "seed"): 3, ("7", "seed"): 3}
+        {("4", "seed"): 3}
+    legacy = json.loads((ROOT / "tests" / "data" / "legacy" / WORKFLOW.name).read_text())
+    legacy_valid, _ = validate_jobs(raws, legacy, client.object_info(), tmp_path)
+    assert {(node, name): value for (node, name), value in legacy_valid[1].settings.items() if name == "seed"} == \
+        {("4", "seed"): 3, ("7", "seed"): 3}  # and every one in the workflow: the all-in-one node's too
     without_seed = {k: {**v, "inputs": {n: x for n, x in v["inputs"].items() if n != "seed"}}
                     for k, v in workflow.items()}
     _, seedless = validate_jobs(raws[5:6], without_seed, client.object_info(), tmp_path)

@@ -129,7 +129,7 @@ def test_loading_refuses_what_is_not_sam2(tmp_path: Path) -> None:
 def test_missing_sam2_package_says_how_to_install(tiny_models: TinyModels) -> None:
     """Without the sam2 package the library still imports; loading a Meta checkpoint says what to do."""
     code = ("import sys; sys.modules['sam2'] = None\n"
-            "from ttm_core.sam2_models import load_sam2, sam2_available\n"
+            "from ttm_core.segment.sam2 import load_sam2, sam2_available\n"
             "assert not sam2_available()\n"
             "from ttm_core.errors import TTMInputError\n"
             f"try:\n    load_sam2({str(tiny_models.meta_pt)!r})\n"
@@ -142,7 +142,7 @@ def test_missing_sam2_package_says_how_to_install(tiny_models: TinyModels) -> No
 
 def test_importing_sam2_leaves_hydra_uninitialised() -> None:
     code = ("from hydra.core.global_hydra import GlobalHydra\n"
-            "from ttm_core.sam2_models import import_sam2\n"
+            "from ttm_core.segment.sam2 import import_sam2\n"
             "import_sam2()\n"
             "assert not GlobalHydra.instance().is_initialized()\n"
             "from hydra import initialize_config_module\n"
