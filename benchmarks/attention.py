@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.peak_memory import PeakRSS
+from benchmarks.peak_memory import PeakRSS, fixed_mmap_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +140,15 @@ def measure_memory(case: AttentionCase, variant: str, threads: int) -> dict[str,
 
 def memory_command() -> int:
     """The memory probe's own process (``python -m benchmarks _memory``), spec in TTM_BENCH_MEMORY."""
+    fixed = fixed_mmap_threshold()  # before anything is allocated: RSS then follows live tensors
     spec = json.loads(os.environ["TTM_BENCH_MEMORY"])
     torch.set_num_threads(int(spec["threads"]))
     raw = spec["case"]
     case = AttentionCase(tuple(raw["grid"]), tuple(raw["coverage"]), raw["heads"], raw["head_dim"], raw["batch"])
-    sys.stdout.write(json.dumps(measure_memory_in_this_process(case, spec["variant"])) + "\n")
+    reading = measure_memory_in_this_process(case, spec["variant"])
+    if fixed:
+        reading["method"] = f"{reading['method']}, glibc mmap threshold fixed at 64 KiB"
+    sys.stdout.write(json.dumps(reading) + "\n")
     return 0
 
 
@@ -233,8 +237,9 @@ def run_attention_benchmark(grids: Sequence[tuple[int, int, int]], coverages: Se
         "what": "masked self-attention over object groups, [B=1, H, N, D] fp32 on CPU",
         "timing_method": f"median of {rounds} interleaved rounds in one process (order rotates per round), "
                          "after one untimed call of each variant",
-        "memory_method": "fresh subprocess per variant (inputs built in place, warm-up on a small problem): "
-                         "peak RSS (VmHWM, reset just before the call) minus RSS before the call",
+        "memory_method": "fresh subprocess per variant (inputs built in place, warm-up on a small problem, glibc "
+                         "mmap threshold fixed at 64 KiB so RSS follows live tensors): peak RSS (VmHWM, reset just "
+                         "before the call) minus RSS before the call",
         "naive_includes": "building the N x N boolean mask",
         "ours_excludes": "building the grouping plan (once per forward, shared by all K blocks; plan_build_s)",
         "torch": torch.__version__, "threads": threads, "machine": platform.processor() or platform.machine(),

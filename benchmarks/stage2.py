@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
-from benchmarks.peak_memory import PeakRSS
+from benchmarks.peak_memory import PeakRSS, fixed_mmap_threshold
 from ttm_core.stage2.diffusers.loader import VideoModel
 from ttm_core.stage2.diffusers.run import _pil, attention_plan, generate, guidance_inputs, noise_level
 from ttm_core.stage2.diffusers.sizes import fit_frames, plan_frames
@@ -222,6 +222,7 @@ def _interleaved(variants: dict[str, Callable[[], torch.Tensor]], rounds: int) -
 
 def measure_memory_in_this_process(case: Stage2Case, kind: str, variant: str) -> dict[str, object]:
     """Peak extra KiB of one ``variant`` call of ``kind`` (run in a fresh process)."""
+    fixed = fixed_mmap_threshold()  # before anything is allocated: RSS then follows live tensors
     model = build_model(case)
     getattr(BENCHES[kind](model, case, 128, 128, 9), variant)()  # warm-up: thread pools, kernels, allocator
     bench = BENCHES[kind](model, case)
@@ -231,7 +232,8 @@ def measure_memory_in_this_process(case: Stage2Case, kind: str, variant: str) ->
         out = fn()
     del out
     return {"extra_kib": peak.extra_kib, "slack_kib": peak.slack_kib,
-            "method": peak.method + (", free heap returned to the OS first (malloc_trim)" if trimmed else "")}
+            "method": peak.method + (", glibc mmap threshold fixed at 64 KiB" if fixed else "")
+            + (", free heap returned to the OS first (malloc_trim)" if trimmed else "")}
 
 
 def _release_free_memory() -> bool:
@@ -307,7 +309,8 @@ def run_stage2_benchmark(case: Stage2Case, step_rounds: int = 7, pipeline_rounds
         "masked_blocks": f"{model.pipeline.transformer.config.num_layers // 4 or 1} of "
                          f"{model.pipeline.transformer.config.num_layers} (the default K, a quarter)",
         "timing_method": "interleaved rounds in one process after one untimed call of each variant; medians",
-        "memory_method": "fresh subprocess per variant, warm-up at 128x128 px, free heap returned to the OS "
+        "memory_method": "fresh subprocess per variant, glibc mmap threshold fixed at 64 KiB (RSS follows live "
+                         "tensors; benchmarks/peak_memory.py), warm-up at 128x128 px, free heap returned to the OS "
                          "(malloc_trim), peak RSS (VmHWM reset) minus RSS before the call",
         "torch": torch.__version__, "threads": threads, "cpu_count": os.cpu_count(),
         "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
