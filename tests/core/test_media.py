@@ -129,6 +129,7 @@ def test_uint8_conversion_is_chunked_and_exact() -> None:
     assert np.array_equal(np.stack(frames), (video * 255).round().to(torch.uint8).numpy())
 
 
+@pytest.mark.slow
 def test_encoding_peak_memory_is_a_fraction_of_the_frames() -> None:
     """120 frames of 512x512 (377 MiB as float32): encoding must not copy them whole."""
     out = subprocess.run([sys.executable, "-m", "benchmarks", "encode", "--frames", "120", "--size", "512", "--json"],

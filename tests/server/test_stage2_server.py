@@ -8,6 +8,7 @@ frames to compare).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -19,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common import ROOT, expect_failure, load_workflow
+from common import ROOT, expect_failure, load_workflow, watch_prompt
 from stage2_cases import one_thread, server_models, tiny_model_dir  # noqa: F401 (fixtures)
 from ttm_batch.client import ComfyClient, PromptResult
 from ttm_core.stage2.diffusers.loader import load_video_model
@@ -287,3 +288,13 @@ def test_a_connected_loader_costs_nothing_while_the_backend_is_warp(client: Comf
     result = client.run(wf, timeout=600)
     assert ui_text(result, "10").startswith("Wan 2.2 TI2V-5B, float32")
     assert frames_of(client, result).shape == (9, 64, 64, 3)
+
+
+def test_the_notes_reach_the_node_in_the_frontend_while_it_runs(comfy_server, server_models: Path) -> None:
+    """The diffusers node sends its summary and notes as ComfyUI's progress text (it needs its hidden unique_id)."""
+    messages = asyncio.run(watch_prompt(comfy_server.url, workflow("wan2.1-i2v", frames=12, seed=71), None))
+    assert messages[-1]["type"] == "execution_success", messages[-1]
+    texts = [m["data"]["text"] for m in messages if m["type"] == "progress_text" and m["data"]["node"] == "7"]
+    assert len(texts) == 1, texts
+    assert texts[0].startswith("Wan 2.1 I2V: 64x64, 9 frames")
+    assert "12 frames is not a legal length for Wan 2.1 I2V" in texts[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import uuid
 from pathlib import Path
 
@@ -34,8 +35,23 @@ def expect_failure(client: ComfyClient, workflow: dict, *needles: str, timeout: 
     return message
 
 
+TEXT_EVENT = 3
+"""ComfyUI's binary websocket event for a node's progress text (protocol.BinaryEventTypes.TEXT)."""
+
+
+def progress_text(payload: bytes) -> dict | None:
+    """A binary websocket frame as ``{"type": "progress_text", "data": {"node", "text"}}``, or None for other
+    binary events (previews). Layout (server.send_progress_text): event u32, node-id length u32, node id, text."""
+    event, length = struct.unpack(">II", payload[:8])
+    if event != TEXT_EVENT:
+        return None
+    node = payload[8:8 + length].decode()
+    return {"type": "progress_text", "data": {"node": node, "text": payload[8 + length:].decode()}}
+
+
 async def watch_prompt(url: str, prompt: dict, interrupt_on_node: str | None) -> list[dict]:
-    """Queue with a websocket open; optionally /interrupt at the first progress of a node."""
+    """Queue with a websocket open; optionally /interrupt at the first progress of a node. Nodes' progress
+    texts (binary frames) are in the list too, as ``progress_text`` messages."""
     client_id = uuid.uuid4().hex
     messages: list[dict] = []
     async with aiohttp.ClientSession() as session:
@@ -44,6 +60,11 @@ async def watch_prompt(url: str, prompt: dict, interrupt_on_node: str | None) ->
                 prompt_id = (await response.json())["prompt_id"]
             interrupted = False
             async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    text = progress_text(message.data)
+                    if text is not None:
+                        messages.append(text)
+                    continue
                 if message.type != aiohttp.WSMsgType.TEXT:
                     continue
                 data = json.loads(message.data)
