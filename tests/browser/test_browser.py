@@ -218,3 +218,26 @@ def test_ui_workflow_loads_matches_api_twin_and_runs(request: pytest.FixtureRequ
     with av.open(str(file)) as container:
         count = sum(1 for _ in container.decode(video=0))
     assert count == frames
+
+
+LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"
+LEGACY_UI = sorted(p for p in LEGACY.glob("*.json") if not p.name.endswith("_api.json"))
+
+
+@pytest.mark.parametrize("path", LEGACY_UI, ids=lambda p: p.name)
+def test_workflows_saved_before_the_split_still_load(request: pytest.FixtureRequest, frontend: str,
+                                                     path: Path) -> None:
+    """The shipped UI workflows as they were before Masked Motion To Video was split: the deprecated node loads
+    with every widget value in place (tests/server/test_golden.py renders their API twins)."""
+    graph = json.loads(path.read_text())
+    api = json.loads(path.with_name(path.stem + "_api.json").read_text())
+    assert any(node["type"] == "TTM_MaskedMotionToVideo" for node in graph["nodes"])
+    server = server_for(request, "native" if path.name.startswith("ttm_wan2") else "plain", frontend)
+    with frontend_page(server, frontend) as page:
+        load(page, graph)
+        assert not problem_dialogs(dialogs(page)), dialogs(page)
+        state = page.evaluate(STATE_JS)
+    assert state["unregistered"] == []
+    assert {k: v["class_type"] for k, v in state["prompt"].items()} == {k: v["class_type"] for k, v in api.items()}
+    for node_id, node in api.items():
+        assert state["prompt"][node_id]["inputs"] == node["inputs"], node_id
