@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     from native_wan import Fixture, _meta_module, _value, build_cached
-
     from tools.comfy_harness import ComfyInstall
 
     install = ComfyInstall.locate()

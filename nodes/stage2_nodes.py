@@ -27,8 +27,7 @@ from ..ttm_core.types import Prompts, Trajectory
 from ._common import CATEGORY, check_combo, progress_callback
 from ._common import Prompts as PromptsSocket
 from ._common import Trajectory as TrajectorySocket
-from ._stage2 import (guidance_inputs, masking_inputs, prompts_for, sampling, sampling_inputs, show_text,
-                      stage2_settings)
+from ._stage2 import guidance_inputs, masking_inputs, prompts_for, sampling, sampling_inputs, show_text, stage2_settings
 from .model_nodes import LoadedVideoModel, VideoModelSocket
 
 STAGE2_BACKENDS = ("warp", "comfy", "diffusers")

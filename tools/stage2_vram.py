@@ -35,10 +35,25 @@ def count(build) -> int:
 
 def components() -> dict[str, dict[str, tuple[int, int]]]:
     """Per model: component -> (parameters, bytes per value)."""
-    from diffusers import (AutoencoderKL, AutoencoderKLCogVideoX, AutoencoderKLWan, CogVideoXTransformer3DModel,
-                           I2VGenXLUNet, WanTransformer3DModel)
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel,
-                              CLIPVisionModelWithProjection, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel)
+    from diffusers import (
+        AutoencoderKL,
+        AutoencoderKLCogVideoX,
+        AutoencoderKLWan,
+        CogVideoXTransformer3DModel,
+        I2VGenXLUNet,
+        WanTransformer3DModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        CLIPVisionModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
 
     t5 = count(lambda: T5EncoderModel(T5Config(**T5_XXL)))
     umt5 = count(lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL)))

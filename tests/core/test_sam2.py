@@ -21,9 +21,18 @@ from PIL import Image
 from common import ROOT
 from tiny_models import TinyModels
 from ttm_core.errors import TTMInputError
+from ttm_core.segment.first_frame import (
+    ObjectClicks,
+    gather_clicks,
+    image_predictor,
+    kjnodes_boxes,
+    kjnodes_points,
+    parse_boxes,
+    parse_points,
+    resolve_overlaps,
+    segment_objects,
+)
 from ttm_core.segment.sam2 import _packaged_config, build_meta_model, infer_meta_config, load_sam2, read_state_dict
-from ttm_core.segment.first_frame import (ObjectClicks, gather_clicks, image_predictor, kjnodes_boxes, kjnodes_points,
-                              parse_boxes, parse_points, resolve_overlaps, segment_objects)
 from ttm_core.types import ObjectPrompt, Prompts
 
 COINS = ROOT / "examples" / "ttm_coins.png"

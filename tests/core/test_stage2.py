@@ -16,17 +16,15 @@ import pytest
 import torch
 
 from stage2_cases import one_thread, test_image, tiny_model_dir, two_balls  # noqa: F401 (fixtures)
+from tiny_diffusers import TINY_FAMILIES
 from ttm_core.errors import TTMInputError
-from ttm_core.stage2.guidance import DualClock, noise_to
 from ttm_core.stage2.diffusers.loader import load_video_model
-from ttm_core.stage2.diffusers.run import generate, size_rules
-from ttm_core.stage2.diffusers.sizes import plan_frames
+from ttm_core.stage2.diffusers.run import _pil, generate, size_rules
+from ttm_core.stage2.diffusers.sizes import SizeRules, fit_frames, plan_frames
 from ttm_core.stage2.families import VARIANTS
 from ttm_core.stage2.families.detect import detect_family, resolve_model_folder
+from ttm_core.stage2.guidance import DualClock, noise_to
 from ttm_core.stage2.settings import MaskedAttention, Sampling, Stage2Settings
-from ttm_core.stage2.diffusers.run import _pil
-from ttm_core.stage2.diffusers.sizes import SizeRules, fit_frames
-from tiny_diffusers import TINY_FAMILIES
 from ttm_core.types import ObjectPrompt, Prompts
 
 OFF = Stage2Settings(MaskedAttention(self_strength=0.0, cross_strength=0.0), DualClock(0.0, 0.0))

@@ -95,8 +95,12 @@ def build_cogvideox(version: str = "1.0", seed: int = 0, sample_size: tuple[int,
                     sample_frames: int = 9, learned_positions: bool | None = None, heads: int = 2,
                     head_dim: int = 16, layers: int = 2):
     """CogVideoX I2V 1.0 (patch 1x2x2; learned positions fix the size, as in CogVideoX-5b-I2V) or 1.5 (2x2x2)."""
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
-                           CogVideoXTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXTransformer3DModel,
+    )
 
     torch.manual_seed(seed)
     height, width = sample_size

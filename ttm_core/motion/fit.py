@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange

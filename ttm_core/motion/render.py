@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TTMInputError
+from ..types import Objects, ProgressFn, Trajectory
 from .paths import ObjectPath, sample_path
 from .poses import IDENTITY, is_identity, mask_centroids, pose_affines
-from ..types import Objects, ProgressFn, Trajectory
 
 
 def affine_grid(affines: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

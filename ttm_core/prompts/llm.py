@@ -39,8 +39,8 @@ from typing import Any
 import torch
 
 from ..errors import TTMInputError
-from .parse import parse_llm_answer
 from ..types import MAX_NAME_LENGTH, MAX_OBJECTS, Prompts
+from .parse import parse_llm_answer
 
 LOG = logging.getLogger(__name__)
 

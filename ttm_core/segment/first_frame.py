@@ -33,8 +33,8 @@ from einops import rearrange
 
 from ..errors import TTMInputError
 from ..kjnodes import parse_spline_points
-from .sam2 import Sam2Model
 from ..types import Objects, Prompts
+from .sam2 import Sam2Model
 
 LOG = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..errors import TTMInputError
-from .sam2 import Sam2Model
-from .first_frame import autocast
 from ..types import Objects
+from .first_frame import autocast
+from .sam2 import Sam2Model
 
 LOG = logging.getLogger(__name__)
 
