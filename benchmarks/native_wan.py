@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     import comfy.sample
     import comfy.sd
 
-    spec = importlib.util.spec_from_file_location("ttm_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    spec = importlib.util.spec_from_file_location("ttm_pack", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
     pack = importlib.util.module_from_spec(spec)
     sys.modules["ttm_pack"] = pack
     spec.loader.exec_module(pack)

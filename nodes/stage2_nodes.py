@@ -13,6 +13,8 @@ Each node shows only the inputs its engine reads.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import comfy.samplers
 import torch
 from comfy_api.latest import io, ui
@@ -214,7 +216,7 @@ class MaskedMotionToVideo(io.ComfyNode):
     """Deprecated all-in-one node: its schema is kept exactly (saved workflows store widget values by
     position), its backends call the same engines as the nodes above."""
 
-    BACKEND_NOTE = {"comfy": "comfy backend: ", "both": "comfy and diffusers backends: "}
+    BACKEND_NOTE: ClassVar[dict[str, str]] = {"comfy": "comfy backend: ", "both": "comfy and diffusers backends: "}
 
     @classmethod
     def define_schema(cls) -> io.Schema:

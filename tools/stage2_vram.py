@@ -67,7 +67,8 @@ def components() -> dict[str, dict[str, tuple[int, int]]]:
                  image_size=224, patch_size=14)
     return {
         "CogVideoX-5b-I2V (1.0)": {
-            "transformer": (count(lambda: CogVideoXTransformer3DModel(**COG_5B, use_learned_positional_embeddings=True)), 2),
+            "transformer": (
+                count(lambda: CogVideoXTransformer3DModel(**COG_5B, use_learned_positional_embeddings=True)), 2),
             "text_encoder (T5-XXL)": (t5, 2), "vae": (cog_vae, 2)},
         "CogVideoX1.5-5B-I2V": {
             "transformer": (count(lambda: CogVideoXTransformer3DModel(**COG_5B, patch_size_t=2, ofs_embed_dim=512,

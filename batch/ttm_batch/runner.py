@@ -138,7 +138,7 @@ class _Bars:
 
     def close(self) -> None:
         if self.enabled:
-            for bar in self.slots + [self.overall]:
+            for bar in [*self.slots, self.overall]:
                 bar.close()
 
 

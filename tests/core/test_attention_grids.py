@@ -243,7 +243,7 @@ def test_unet_levels_and_batch_layout_match_the_real_unet(case_name: str) -> Non
     seen = _unet_attn1_inputs(case.model, run, latents)
     assert seen, "no spatial attention ran"
     levels = set()
-    for name, hidden in seen.items():
+    for hidden in seen.values():
         assert hidden.shape[0] == 2 * frames  # one attention batch row per (batch, frame)
         level = grid.level_for_tokens(hidden.shape[1])
         _, h, w = level.shape

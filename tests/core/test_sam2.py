@@ -122,10 +122,10 @@ def test_hf_folder_loads_image_and_video_models(tiny_models: TinyModels, hf) -> 
 
 def test_loading_refuses_what_is_not_sam2(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(TTMInputError, match="not a .pt, .pth or .safetensors"):
+    with pytest.raises(TTMInputError, match=r"not a .pt, .pth or .safetensors"):
         load_sam2(tmp_path / "notes.txt")
     torch.save({"model": {"w": torch.zeros(2)}}, tmp_path / "other.pt")
-    with pytest.raises(TTMInputError, match="other.pt is not a SAM 2 checkpoint"):
+    with pytest.raises(TTMInputError, match=r"other.pt is not a SAM 2 checkpoint"):
         load_sam2(tmp_path / "other.pt")
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")  # needs unpickling code: refused
     with pytest.raises(TTMInputError, match="could not be read as a checkpoint"):

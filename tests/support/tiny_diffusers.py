@@ -132,7 +132,8 @@ def _wan_vae(ti2v: bool):
 
     if ti2v:
         return AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                temperal_downsample=[False, True, True], is_residual=True, patch_size=2, in_channels=12, out_channels=12,
+                                temperal_downsample=[False, True, True], is_residual=True, patch_size=2,
+                                in_channels=12, out_channels=12,
                                 scale_factor_spatial=16, scale_factor_temporal=4,
                                 latents_mean=[0.0] * 48, latents_std=[1.0] * 48).eval()
     return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,

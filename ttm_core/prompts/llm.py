@@ -143,7 +143,7 @@ class _Vocabulary:
         special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
         anchor = tokenizer.encode("a", add_special_tokens=False)[:1]
         base = tokenizer.decode(anchor)
-        pairs = tokenizer.batch_decode([anchor + [i] for i in range(vocab_size)])
+        pairs = tokenizer.batch_decode([[*anchor, i] for i in range(vocab_size)])
         texts = [p[len(base):] if p.startswith(base) else p for p in pairs]
         by_text: dict[str, int] = {}
         for i, text in enumerate(texts):

@@ -162,7 +162,7 @@ def infer_meta_config(state: Mapping[str, torch.Tensor], name: str = "checkpoint
     if depth == 0:
         _shape(state, "image_encoder.trunk.blocks.0.norm1.weight", name)
     starts = [0] + [i for i in range(depth) if f"image_encoder.trunk.blocks.{i}.proj.weight" in state]
-    stages = tuple(b - a for a, b in zip(starts, starts[1:] + [depth]))
+    stages = tuple(b - a for a, b in zip(starts, [*starts[1:], depth]))
     size = _FAMILIES.get(stages)
     if size is None:
         known = ", ".join(f"{_FAMILY_NAMES[v]} {list(k)}" for k, v in _FAMILIES.items())

@@ -124,11 +124,9 @@ def track_objects(model: Sam2Model, frames: torch.Tensor, objects: Objects, devi
             stream = ((t, list(ids), logits[:, 0]) for t, ids, logits in predictor.propagate_in_video(state))
         else:
             stream = _hf_stream(model, frames, masks, objects.ids, device, dtype)
-        done = 0
-        for t, ids, logits in stream:
+        for done, (t, ids, logits) in enumerate(stream, 1):
             order = [list(ids).index(object_id) for object_id in objects.ids]
             labels[t] = _labels_from_logits(logits[order].float().cpu(), objects.ids)
-            done += 1
             if progress:
                 progress(done, count)
     return labels

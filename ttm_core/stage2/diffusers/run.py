@@ -8,8 +8,8 @@ call and undone in ``finally`` (normal end, error, ComfyUI cancel):
   with the local prompts limited to the conditional rows of classifier-free guidance (each family
   adapter knows how its pipeline batches them: ``Family.conditional_rows``);
 * dual-clock trajectory guidance (``stage2.guidance``): the cut-and-drag reference video
-  (``motion.cut_and_drag``) is VAE-encoded once (``Family.encode_reference``); before denoising step i the latent is replaced by
-  the reference noised to step i's level inside the objects while the object clock runs, and
+  (``motion.cut_and_drag``) is VAE-encoded once (``Family.encode_reference``); before denoising step i the latent is
+  replaced by the reference noised to step i's level inside the objects while the object clock runs, and
   outside them while the background clock runs. Step 0 is pinned where the pipeline prepares its
   latents, every later step right after the scheduler's previous step (both hooks are scoped
   attribute overrides of this pipeline object, removed on exit);

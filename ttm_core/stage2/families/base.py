@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -143,7 +143,7 @@ class Family:
     denoiser_classes: tuple[str, ...] = ()
     variants: tuple[Variant, ...] = ()
     pipeline_classes: tuple[str, ...] = ()
-    unsupported: dict[str, str] = {}
+    unsupported: ClassVar[dict[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from einops import rearrange
@@ -177,7 +177,7 @@ class CogVideoXFamily(Family):
                 CAUSAL_4K1, 5, (768, 1360), False, 81, 50, 6.0, 16.0, "T5-XXL"),
     )
     pipeline_classes = ("CogVideoXImageToVideoPipeline",)
-    unsupported = {
+    unsupported: ClassVar[dict[str, str]] = {
         "CogVideoXPipeline": "a text-to-video CogVideoX; Stage 2 animates an image, so use CogVideoX-5b-I2V or "
                              "CogVideoX1.5-5B-I2V",
         "CogVideoXVideoToVideoPipeline": "CogVideoX video-to-video; use the I2V model (CogVideoX-5b-I2V)",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from einops import rearrange
@@ -81,7 +81,7 @@ class UNetSelfProcessor(MaskedProcessor):
                 note_delegated(self.name, why)
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         self.state.calls[self.name] += 1
-        batch, frames = _unet_frames(self.state, hidden_states)
+        _, frames = _unet_frames(self.state, hidden_states)
         tokens = hidden_states.shape[1]
         plan = self.state.unet_self_plan(tokens)
         if self.new_layers:
@@ -113,7 +113,8 @@ class UNetCrossProcessor(MaskedProcessor):
         rows = None
         if strength and not why:
             rows = self.state.cross_row_index(_unet_frames(self.state, hidden_states)[0], hidden_states.device)
-        if strength == 0.0 or why or encoder_hidden_states is None or attention_mask is not None or selects_no_row(rows):
+        if (strength == 0.0 or why or encoder_hidden_states is None or attention_mask is not None
+                or selects_no_row(rows)):
             if why:
                 note_delegated(self.name, why)
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
@@ -252,9 +253,9 @@ class SVDFamily(_UNetFamily):
     name = "svd"
     denoiser_classes = ("UNetSpatioTemporalConditionModel",)
     base_geometry = SVD
-    unsupported = {"StableVideoDiffusionPipeline": "Stable Video Diffusion, which takes no text prompt, so the "
-                                                   "per-object prompts of Through-The-Mask cannot apply; use "
-                                                   "I2VGen-XL as the UNet model"}
+    unsupported: ClassVar[dict[str, str]] = {
+        "StableVideoDiffusionPipeline": "Stable Video Diffusion, which takes no text prompt, so the per-object "
+                                        "prompts of Through-The-Mask cannot apply; use I2VGen-XL as the UNet model"}
 
     def local_prompt_width(self, model: nn.Module) -> int | None:
         return None

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from einops import rearrange
@@ -192,8 +192,9 @@ class WanFamily(Family):
                 CAUSAL_4K1, 5, (704, 1280), False, 121, 50, 5.0, 24.0, "umT5-XXL"),
     )
     pipeline_classes = ("WanImageToVideoPipeline", "WanPipeline")
-    unsupported = {"WanPipeline": "a text-to-video Wan (T2V); use an I2V model such as Wan2.1-I2V-14B-480P-Diffusers, "
-                                  "Wan2.2-I2V-A14B-Diffusers or Wan2.2-TI2V-5B-Diffusers"}
+    unsupported: ClassVar[dict[str, str]] = {
+        "WanPipeline": "a text-to-video Wan (T2V); use an I2V model such as Wan2.1-I2V-14B-480P-Diffusers, "
+                       "Wan2.2-I2V-A14B-Diffusers or Wan2.2-TI2V-5B-Diffusers"}
 
     # -------------------------------------------------------------- masked attention on a denoiser
     def geometry(self, model: nn.Module, vae: nn.Module | None = None) -> VideoGeometry:
