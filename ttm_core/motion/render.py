@@ -50,7 +50,7 @@ def warp(images: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
     out = images.clone()
     moving = ~is_identity(affines)
     if bool(moving.any()):
-        grid = affine_grid(affines[moving], tuple(images.shape[-2:])).to(images.device)
+        grid = affine_grid(affines[moving], (images.shape[-2], images.shape[-1])).to(images.device)
         out[moving] = F.grid_sample(images[moving], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out
 

@@ -172,7 +172,8 @@ class TokenGrid:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(Tt, Ht, Wt): token frames, rows, columns."""
-        return tuple(int(s) for s in self.fractions.shape[1:])  # type: ignore[return-value]
+        _, frames, rows, columns = self.fractions.shape  # 4-D, checked in __post_init__
+        return int(frames), int(rows), int(columns)
 
     @property
     def num_tokens(self) -> int:
