@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     fixed = fixed_mmap_threshold()  # on the CPU, RSS then follows live tensors (benchmarks/peak_memory.py)
 
     from native_wan import Fixture, _meta_module, _value, build_cached
-
     from tools.comfy_harness import ComfyInstall
 
     install = ComfyInstall.locate()
@@ -86,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     import comfy.sample
     import comfy.sd
 
-    spec = importlib.util.spec_from_file_location("ttm_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    spec = importlib.util.spec_from_file_location("ttm_pack", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
     pack = importlib.util.module_from_spec(spec)
     sys.modules["ttm_pack"] = pack
     spec.loader.exec_module(pack)

@@ -1,8 +1,8 @@
 """``python -m benchmarks stage2 --json FILE``: Stage 2 on a CogVideoX-like model, ours vs stock.
 
 A random-weight CogVideoX 1.0-style I2V pipeline (rotary positions, 2 heads x 64, 4 blocks, the
-tiny VAE and text encoder of ``tests/support/tiny_diffusers.py``) generates 29 frames at 512 x 512 px: 8 x 32 x 32 = 8192
-video tokens, with classifier-free guidance (a batch of 2) and a trajectory of two moving objects
+tiny VAE and text encoder of ``tests/support/tiny_diffusers.py``) generates 29 frames at 512 x 512 px:
+8 x 32 x 32 = 8192 video tokens, with classifier-free guidance (a batch of 2) and a trajectory of two moving objects
 covering 30 % and 15 % of every frame. Two measurements, each ours vs stock:
 
 * ``step``: one denoising step of the pipeline's loop (CFG batch through the transformer, the
@@ -202,7 +202,8 @@ class PipelineBench:
         encoded = encode_prompts(self.model, GLOBAL_PROMPT, None,
                                  [o.local_prompt for o in self.trajectory.objects.prompts.objects], torch.device("cpu"))
         attention_plan(self.model, self.trajectory, plan, encoded.local, MaskedAttention())
-        return {"reference_render_and_encode_s": reference, "token_grid_and_local_prompts_s": time.perf_counter() - start}
+        return {"reference_render_and_encode_s": reference,
+                "token_grid_and_local_prompts_s": time.perf_counter() - start}
 
 
 BENCHES: dict[str, type] = {"step": StepBench, "pipeline": PipelineBench}

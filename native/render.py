@@ -50,7 +50,8 @@ class NativeSampling:
             raise TTMInputError("scheduler", f"{self.scheduler!r} is not a ComfyUI scheduler",
                                 f"use one of {', '.join(comfy.samplers.SCHEDULER_NAMES)}")
         if not (math.isfinite(self.expert_switch) and 0.0 <= self.expert_switch <= 1.0):
-            raise TTMInputError("expert_switch", f"{self.expert_switch} is outside 0..1", "give a fraction of the steps")
+            raise TTMInputError("expert_switch", f"{self.expert_switch} is outside 0..1",
+                                "give a fraction of the steps")
 
 
 def video_size(image: torch.Tensor, trajectory: Trajectory, width: int, height: int, length: int,

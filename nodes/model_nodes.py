@@ -134,9 +134,9 @@ def register(model: VideoModel, offload: str) -> LoadedVideoModel:
             holder = _Component(module, offload_devices[name])
             patchers.append((name, comfy.model_patcher.ModelPatcher(holder, device, offload_devices[name])))
     elif offload == "model":
-        model.pipeline.enable_model_cpu_offload(device=device)  # type: ignore[attr-defined]
+        model.pipeline.enable_model_cpu_offload(device=device)
     else:
-        model.pipeline.enable_sequential_cpu_offload(device=device)  # type: ignore[attr-defined]
+        model.pipeline.enable_sequential_cpu_offload(device=device)
     if offload != "none":
         notes.append(f"offload {offload}")
     return LoadedVideoModel(model, offload, device, tuple(patchers), tuple(notes))

@@ -21,7 +21,8 @@ class PatchModel(io.ComfyNode):
                         "K blocks and dual-clock trajectory guidance, as a patched MODEL for KSampler.",
             inputs=[
                 io.Model.Input("model", tooltip="A native Wan 2.1 I2V, Wan 2.2 I2V-A14B (high-noise expert) or "
-                                                "Wan 2.2 TI2V-5B model (Load Diffusion Model; fp8 and LoRAs are fine)."),
+                                                "Wan 2.2 TI2V-5B model (Load Diffusion Model; fp8 and LoRAs are "
+                                                "fine)."),
                 io.Clip.Input("clip", tooltip="The Wan text encoder (umT5), to encode each object's local prompt."),
                 Trajectory.Input("trajectory", tooltip="The mask trajectory; its objects carry the local prompts."),
                 *masking_inputs(),
@@ -37,7 +38,8 @@ class PatchModel(io.ComfyNode):
             ],
             outputs=[
                 io.Model.Output("patched_model", tooltip="The patched model (a clone; the input stays untouched)."),
-                io.Model.Output("patched_model_2", tooltip="The patched second expert (the first patched model if none is given)."),
+                io.Model.Output("patched_model_2",
+                                tooltip="The patched second expert (the first patched model if none is given)."),
             ],
             hidden=[io.Hidden.unique_id],
         )

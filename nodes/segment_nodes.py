@@ -7,14 +7,26 @@ import json
 import torch
 from comfy_api.latest import io
 
-from ..ttm_core.segment.detect import load_detector
 from ..ttm_core.errors import TTMInputError
+from ..ttm_core.segment.detect import load_detector
+from ..ttm_core.segment.first_frame import MODES, gather_clicks, segment_objects
 from ..ttm_core.segment.masks import overlay_preview
 from ..ttm_core.segment.sam2 import SAM2_INSTALL_HINT, hf_sam2_kind, load_sam2, sam2_available
-from ..ttm_core.segment.first_frame import MODES, gather_clicks, segment_objects
 from ._common import CATEGORY, Objects, Prompts, check_combo, progress_callback
-from ._models import (DETECTOR_FOLDER, DEVICES, PRECISIONS, SAM2_FOLDER, Managed, check_entry, compute_dtype,
-                      detector_entries, devices, manage, resolve, sam2_entries)
+from ._models import (
+    DETECTOR_FOLDER,
+    DEVICES,
+    PRECISIONS,
+    SAM2_FOLDER,
+    Managed,
+    check_entry,
+    compute_dtype,
+    detector_entries,
+    devices,
+    manage,
+    resolve,
+    sam2_entries,
+)
 
 Sam2 = io.Custom("TTM_SAM2")
 """nodes._models.Managed around a ttm_core.sam2_models.Sam2Model."""

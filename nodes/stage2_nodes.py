@@ -13,6 +13,8 @@ Each node shows only the inputs its engine reads.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import comfy.samplers
 import torch
 from comfy_api.latest import io, ui
@@ -27,8 +29,7 @@ from ..ttm_core.types import Prompts, Trajectory
 from ._common import CATEGORY, check_combo, progress_callback
 from ._common import Prompts as PromptsSocket
 from ._common import Trajectory as TrajectorySocket
-from ._stage2 import (guidance_inputs, masking_inputs, prompts_for, sampling, sampling_inputs, show_text,
-                      stage2_settings)
+from ._stage2 import guidance_inputs, masking_inputs, prompts_for, sampling, sampling_inputs, show_text, stage2_settings
 from .model_nodes import LoadedVideoModel, VideoModelSocket
 
 STAGE2_BACKENDS = ("warp", "comfy", "diffusers")
@@ -215,7 +216,7 @@ class MaskedMotionToVideo(io.ComfyNode):
     """Deprecated all-in-one node: its schema is kept exactly (saved workflows store widget values by
     position), its backends call the same engines as the nodes above."""
 
-    BACKEND_NOTE = {"comfy": "comfy backend: ", "both": "comfy and diffusers backends: "}
+    BACKEND_NOTE: ClassVar[dict[str, str]] = {"comfy": "comfy backend: ", "both": "comfy and diffusers backends: "}
 
     @classmethod
     def define_schema(cls) -> io.Schema:

@@ -14,6 +14,7 @@ from ..ttm_core.errors import TTMInputError
 from ..ttm_core.media import FORMATS, encode_video, split_prefix
 from ._common import CATEGORY, check_combo, progress_callback
 
+
 class VideoCombine(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -46,7 +47,7 @@ class VideoCombine(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, format=None, filename_prefix=None) -> bool | str:  # noqa: A002 - input name
+    def validate_inputs(cls, format=None, filename_prefix=None) -> bool | str:  # `format`: the input's name
         combo = check_combo("format", format, FORMATS)
         if combo is not True:
             return combo
@@ -58,7 +59,7 @@ class VideoCombine(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, images: torch.Tensor, fps: float, format: str, quality: int,  # noqa: A002 - input name
+    def execute(cls, images: torch.Tensor, fps: float, format: str, quality: int,  # `format`: the input's name
                 filename_prefix: str, save_metadata: bool) -> io.NodeOutput:
         subfolder, stem = split_prefix(filename_prefix)
         output_dir = Path(folder_paths.get_output_directory())

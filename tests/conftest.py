@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from common import ROOT
-from tiny_models import TinyModels, build_tiny_models
 from native_wan import FIXTURES, write_native_wan
+from tiny_models import TinyModels, build_tiny_models
 from tools.comfy_harness import NEWEST_FRONTEND, ComfyServer, frontend_root
 from ttm_batch.client import ComfyClient
 

@@ -73,7 +73,8 @@ async ([api, note]) => {
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("api_workflow", type=Path)
-    parser.add_argument("--note", default=None, help="markdown shown in a note node (default: the UI twin's current note)")
+    parser.add_argument("--note", default=None,
+                        help="markdown shown in a note node (default: the UI twin's current note)")
     parser.add_argument("--frontend", default=None,
                         help=f"frontend version to write with (default: ComfyUI's own; {NEWEST_FRONTEND}: the newest)")
     options = parser.parse_args()

@@ -35,10 +35,25 @@ def count(build) -> int:
 
 def components() -> dict[str, dict[str, tuple[int, int]]]:
     """Per model: component -> (parameters, bytes per value)."""
-    from diffusers import (AutoencoderKL, AutoencoderKLCogVideoX, AutoencoderKLWan, CogVideoXTransformer3DModel,
-                           I2VGenXLUNet, WanTransformer3DModel)
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel,
-                              CLIPVisionModelWithProjection, T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel)
+    from diffusers import (
+        AutoencoderKL,
+        AutoencoderKLCogVideoX,
+        AutoencoderKLWan,
+        CogVideoXTransformer3DModel,
+        I2VGenXLUNet,
+        WanTransformer3DModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        CLIPVisionModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
 
     t5 = count(lambda: T5EncoderModel(T5Config(**T5_XXL)))
     umt5 = count(lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL)))
@@ -52,7 +67,8 @@ def components() -> dict[str, dict[str, tuple[int, int]]]:
                  image_size=224, patch_size=14)
     return {
         "CogVideoX-5b-I2V (1.0)": {
-            "transformer": (count(lambda: CogVideoXTransformer3DModel(**COG_5B, use_learned_positional_embeddings=True)), 2),
+            "transformer": (
+                count(lambda: CogVideoXTransformer3DModel(**COG_5B, use_learned_positional_embeddings=True)), 2),
             "text_encoder (T5-XXL)": (t5, 2), "vae": (cog_vae, 2)},
         "CogVideoX1.5-5B-I2V": {
             "transformer": (count(lambda: CogVideoXTransformer3DModel(**COG_5B, patch_size_t=2, ofs_embed_dim=512,

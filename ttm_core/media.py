@@ -90,7 +90,7 @@ def quality_to_crf(quality: int, worst: int) -> int:
     Linear, with quality 100 at a quarter of the scale (x264: CRF 13, visually lossless) and
     the default 85 at x264's "visually lossless" CRF 18.
     """
-    return int(round(worst * (1.0 - 0.75 * quality / 100.0)))
+    return round(worst * (1.0 - 0.75 * quality / 100.0))
 
 
 def frames_to_uint8(frames: torch.Tensor, chunk: int = 4, pad_even: bool = False) -> Iterator[np.ndarray]:
@@ -165,7 +165,7 @@ def _write_gif(frames: torch.Tensor, path: Path, fps: float, progress: ProgressF
     iterator = images()
     first = next(iterator)
     first.save(path, format="GIF", save_all=True, append_images=iterator, loop=0,
-               duration=max(20, int(round(1000.0 / fps))), disposal=1)
+               duration=max(20, round(1000.0 / fps)), disposal=1)
 
 
 def encode_video(frames: torch.Tensor, folder: Path, stem: str, format_name: str, fps: float, quality: int = 85,

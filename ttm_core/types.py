@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -26,6 +27,18 @@ from .errors import TTMInputError
 ProgressFn = Callable[[int, int], None]
 """progress(done, total), called after each unit of work (frame, step). It may raise to cancel
 (ComfyUI's interrupt does); ttm_core functions clean up in ``finally`` blocks."""
+
+PretrainedModel = Any
+"""A model of diffusers, transformers or Meta's sam2, or one of its modules (a diffusers ``Attention``,
+a VAE, a pipeline, a scheduler), as ttm_core receives it.
+
+Deliberately ``Any``: their attributes are dynamic (config values such as
+``model.config.patch_size``, submodules such as ``model.blocks`` or ``attn.to_q``, pipeline
+components). Typed as ``torch.nn.Module``, every such attribute resolves through
+``Module.__getattr__`` to ``Tensor | Module``, so a config value or a call of ``attn.to_q`` is a
+type error. The concrete classes cannot be named instead: models are recognised by class name and
+ttm_core imports diffusers, transformers and sam2 only where it loads them (sam2 may not be
+installed at all). Runtime ``isinstance(x, nn.Module)`` checks still guard what users pass in."""
 
 MAX_OBJECTS = 8
 """Most objects one shot can carry.

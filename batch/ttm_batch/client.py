@@ -63,7 +63,8 @@ class PromptResult:
             for key in ("images", "gifs", "videos"):
                 for item in output.get(key, []) or []:
                     if isinstance(item, Mapping) and "filename" in item:
-                        yield OutputFile(node_id, item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+                        yield OutputFile(node_id, item["filename"], item.get("subfolder", ""),
+                                         item.get("type", "output"))
 
 
 class ComfyClient:

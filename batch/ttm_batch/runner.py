@@ -138,7 +138,7 @@ class _Bars:
 
     def close(self) -> None:
         if self.enabled:
-            for bar in self.slots + [self.overall]:
+            for bar in [*self.slots, self.overall]:
                 bar.close()
 
 
@@ -320,7 +320,7 @@ class BatchRunner:
                     continue
                 outcome = Outcome(task.job.id, task.job.line, "failed", server.url, attempts=task.attempt,
                                   error=str(err))
-            except Exception as err:  # noqa: BLE001 - a bug must end this job, not hang the whole run
+            except Exception as err:  # a bug must end this job, not hang the whole run
                 LOG.exception("%s: unexpected error", task.job.id)
                 outcome = Outcome(task.job.id, task.job.line, "failed", server.url, attempts=task.attempt,
                                   error=f"internal error: {err!r}")

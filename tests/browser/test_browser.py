@@ -169,7 +169,7 @@ def test_a_prompt_the_server_refuses_fails_with_its_answer(request: pytest.Fixtu
     graph = json.loads((WORKFLOWS / "ttm_wan21_i2v_patch.json").read_text())
     with frontend_page(server_for(request, "plain", frontend), frontend) as page:
         load(page, graph)
-        with pytest.raises(AssertionError, match="refused.*wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"):
+        with pytest.raises(AssertionError, match=r"refused.*wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors"):
             queue_from_page(page, f"ttm/refused_{uuid.uuid4().hex[:8]}", {})
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from attention_cases import one_thread  # noqa: F401 - autouse fixture
 import benchmarks.__main__ as cli
+from attention_cases import one_thread  # noqa: F401 - autouse fixture
 from benchmarks import attention as bench
 
 
@@ -20,7 +20,7 @@ def test_case_ids_have_the_requested_coverage_in_every_frame() -> None:
         assert counts == [200 - 60 - 30, 60, 30]  # bands of 6 and 3 columns (30 % and 15 % of 20) x 10 rows
 
 
-def test_tiny_benchmark_report_and_table(tmp_path) -> None:  # noqa: ANN001
+def test_tiny_benchmark_report_and_table(tmp_path) -> None:
     report = bench.run_attention_benchmark([(2, 8, 8)], [(0.3, 0.15)], rounds=3, threads=1, memory=False)
     row = report["results"][0]
     assert row["max_abs_diff_vs_naive"] <= 1e-5

@@ -14,12 +14,18 @@ import pytest
 import torch
 from torch import nn
 
-from attention_cases import (I2VGEN_CROSS_DIM, make_case, one_thread, tiny_cogvideox,  # noqa: F401
-                               tiny_i2vgen, tiny_wan, trajectory_from_labels)
-from ttm_core.stage2.attention.grids import token_grid, token_grid_from_labels
-from ttm_core.stage2.families import (COGVIDEOX_10, COGVIDEOX_15, I2VGEN_XL, WAN21_I2V, WAN22_TI2V, geometry_for,
-                                     sites)
+from attention_cases import (
+    I2VGEN_CROSS_DIM,
+    make_case,
+    one_thread,  # noqa: F401 - autouse fixture
+    tiny_cogvideox,
+    tiny_i2vgen,
+    tiny_wan,
+    trajectory_from_labels,
+)
 from ttm_core.errors import TTMInputError
+from ttm_core.stage2.attention.grids import token_grid, token_grid_from_labels
+from ttm_core.stage2.families import COGVIDEOX_10, COGVIDEOX_15, I2VGEN_XL, WAN21_I2V, WAN22_TI2V, geometry_for, sites
 
 
 def test_paper_and_model_sizes() -> None:
@@ -118,7 +124,7 @@ def _marker_tokens(case_name: str) -> tuple[torch.Tensor, object]:
         latents[:, :, 1] = torch.arange(h, dtype=torch.float32)[None, :, None]
         latents[:, :, 2] = torch.arange(w, dtype=torch.float32)[None, None, :]
 
-    def grab(module, args, kwargs):  # noqa: ANN001 - forward pre-hook signature
+    def grab(module, args, kwargs):  # forward pre-hook signature
         captured["tokens"] = (kwargs.get("hidden_states", args[0] if args else None))[0, :, :3].clone()
 
     handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
@@ -197,12 +203,12 @@ def test_frame_to_latent_mapping_matches_the_real_causal_vae(family: str) -> Non
         assert before == 0.0  # causal: earlier latent frames do not move
 
 
-def _unet_attn1_inputs(model: nn.Module, run, latents: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: ANN001
+def _unet_attn1_inputs(model: nn.Module, run, latents: torch.Tensor) -> dict[str, torch.Tensor]:
     seen = {}
     modules = dict(model.named_modules())
     handles = []
     for site in sites(model):
-        def grab(module, args, kwargs, name=site.self_attn):  # noqa: ANN001
+        def grab(module, args, kwargs, name=site.self_attn):
             seen[name] = kwargs.get("hidden_states", args[0] if args else None).clone()
         handles.append(modules[site.self_attn].register_forward_pre_hook(grab, with_kwargs=True))
     try:
@@ -222,14 +228,14 @@ def test_unet_levels_and_batch_layout_match_the_real_unet(case_name: str) -> Non
     if case_name == "i2vgen":
         latents = torch.randn(2, 4, frames, 13, 17)
 
-        def run(m, x):  # noqa: ANN001
+        def run(m, x):
             return m(x, torch.tensor([700]), fps=torch.tensor([8, 8]), image_latents=torch.zeros_like(x),
                      image_embeddings=torch.zeros(2, I2VGEN_CROSS_DIM),
                      encoder_hidden_states=torch.zeros(2, 5, I2VGEN_CROSS_DIM)).sample
     else:
         latents = torch.randn(2, frames, 8, 13, 17)
 
-        def run(m, x):  # noqa: ANN001
+        def run(m, x):
             return m(x, torch.tensor([700.0]), torch.zeros(2, 1, 12), torch.tensor([[6.0, 127.0, 0.02]] * 2)).sample
     labels = torch.zeros(frames, 13 * 8, 17 * 8, dtype=torch.uint8)
     labels[:, 8:40, 8:48] = 1
@@ -237,7 +243,7 @@ def test_unet_levels_and_batch_layout_match_the_real_unet(case_name: str) -> Non
     seen = _unet_attn1_inputs(case.model, run, latents)
     assert seen, "no spatial attention ran"
     levels = set()
-    for name, hidden in seen.items():
+    for hidden in seen.values():
         assert hidden.shape[0] == 2 * frames  # one attention batch row per (batch, frame)
         level = grid.level_for_tokens(hidden.shape[1])
         _, h, w = level.shape

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from attention_cases import local_prompts, make_case, one_thread, tiny_wan  # noqa: F401 - autouse fixture
+from ttm_core.errors import TTMInputError
 from ttm_core.stage2.attention.grids import token_grid_from_labels
 from ttm_core.stage2.attention.install import masked_attention
 from ttm_core.stage2.attention.layers import MaskedLayers
@@ -15,7 +16,6 @@ from ttm_core.stage2.attention.state import MaskedAttentionPlan
 from ttm_core.stage2.families import WAN22_TI2V, default_num_blocks, sites
 from ttm_core.stage2.families.wan import WanCrossProcessor, WanSelfProcessor
 from ttm_core.stage2.settings import MaskedAttention
-from ttm_core.errors import TTMInputError
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, object]:
@@ -28,7 +28,7 @@ def _assert_restored(model: torch.nn.Module, saved: dict[str, object]) -> None:
     assert all(now[key] is saved[key] for key in saved), "a processor object was not restored"
 
 
-def _plan(case, **config) -> MaskedAttentionPlan:  # noqa: ANN001, ANN003
+def _plan(case, **config) -> MaskedAttentionPlan:
     prompts = local_prompts(case.text_width) if case.text_width else ()
     return MaskedAttentionPlan(case.grid, prompts, MaskedAttention(**config))
 
@@ -48,7 +48,7 @@ def test_processors_are_installed_on_the_first_k_blocks_and_restored(name: str) 
             case.run(case.model, case.latents)
         assert set(state.calls) == {f"model.{key.removesuffix('.processor')}" for key in expected}
     _assert_restored(case.model, saved)
-    hooks = [m for m in case.model.modules() if m._forward_pre_hooks]  # noqa: SLF001
+    hooks = [m for m in case.model.modules() if m._forward_pre_hooks]
     assert not hooks, "a forward pre-hook was left behind"
 
 
@@ -65,7 +65,7 @@ def test_restored_after_an_exception_and_after_keyboard_interrupt() -> None:
                 case.run(case.model, case.latents)
             raise KeyboardInterrupt
     _assert_restored(case.model, saved)
-    assert not any(m._forward_pre_hooks for m in case.model.modules())  # noqa: SLF001
+    assert not any(m._forward_pre_hooks for m in case.model.modules())
 
 
 def test_both_experts_of_wan22_a14b() -> None:

@@ -9,11 +9,21 @@ import torch
 import torch.nn.functional as F
 
 from attention_cases import one_thread  # noqa: F401 - autouse fixture
-from ttm_core.stage2.attention.kernels import (grouped_self_attention, masked_cross_attention,
-                                              masked_cross_attention_explicit, naive_masked_attention,
-                                              partitioned_attention)
-from ttm_core.stage2.attention.plan import cross_partition, joint_partition, self_groups
-from ttm_core.stage2.attention.plan import LocalPromptLayout, Partition, partition_by_class
+from ttm_core.stage2.attention.kernels import (
+    grouped_self_attention,
+    masked_cross_attention,
+    masked_cross_attention_explicit,
+    naive_masked_attention,
+    partitioned_attention,
+)
+from ttm_core.stage2.attention.plan import (
+    LocalPromptLayout,
+    Partition,
+    cross_partition,
+    joint_partition,
+    partition_by_class,
+    self_groups,
+)
 
 TOL = 1e-5
 
@@ -137,7 +147,7 @@ def test_joint_partition_matches_its_dense_mask(masked_self: bool, masked_cross:
     assert (partitioned_attention(q, k, v, plan) - naive_masked_attention(q, k, v, mask)).abs().max().item() <= TOL
 
 
-def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k):  # noqa: ANN001 - mirrors varlen_attn's signature
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k):  # mirrors varlen_attn's signature
     out = torch.empty_like(q)
     for i in range(cu_q.numel() - 1):
         a, b, c, d = int(cu_q[i]), int(cu_q[i + 1]), int(cu_k[i]), int(cu_k[i + 1])

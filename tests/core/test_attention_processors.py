@@ -38,7 +38,7 @@ def case(name: str) -> Case:
 
 
 def plan_for(c: Case, self_strength: float = 1.0, cross_strength: float = 1.0, mode: str = "training_free",
-             prompts: tuple[torch.Tensor, ...] | None = None, grid=None) -> MaskedAttentionPlan:  # noqa: ANN001
+             prompts: tuple[torch.Tensor, ...] | None = None, grid=None) -> MaskedAttentionPlan:
     if prompts is None:
         prompts = local_prompts(c.text_width) if c.text_width else ()
     config = MaskedAttention(mode=mode, num_blocks=len(sites(c.model)), self_strength=self_strength,
@@ -52,7 +52,7 @@ def run(c: Case, latents: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def run_masked(c: Case, plan: MaskedAttentionPlan, latents: torch.Tensor | None = None,
-               layers: MaskedLayers | None = None, **state_fields) -> tuple[torch.Tensor, dict]:  # noqa: ANN003
+               layers: MaskedLayers | None = None, **state_fields) -> tuple[torch.Tensor, dict]:
     with masked_attention(c.model, plan, layers) as state:
         for key, value in state_fields.items():
             setattr(state, key, value)
@@ -67,7 +67,7 @@ def recording(model: torch.nn.Module, names: list[str]) -> Iterator[dict[str, to
     modules = dict(model.named_modules())
     handles = []
     for name in names:
-        def hook(module, args, output, name=name):  # noqa: ANN001
+        def hook(module, args, output, name=name):
             seen[name] = (output[0] if isinstance(output, tuple) else output).detach().clone()
         handles.append(modules[name].register_forward_hook(hook))
     try:
@@ -107,7 +107,7 @@ def test_one_object_covering_everything_equals_stock_up_to_round_off(name: str) 
     assert diff(out, stock) <= 1e-5, f"max abs diff {diff(out, stock):.3g} (fp32 round-off expected)"
 
 
-def _naive_partitioned(q, k, v, partition, attention_fn=None, backend="auto"):  # noqa: ANN001
+def _naive_partitioned(q, k, v, partition, attention_fn=None, backend="auto"):
     return naive_masked_attention(q, k, v, partition.dense_mask())
 
 
@@ -189,7 +189,7 @@ def _capture_inputs(c: Case, plan: MaskedAttentionPlan, names: list[str]) -> dic
     modules = dict(c.model.named_modules())
     handles = []
     for n in names:
-        def grab(module, args, kwargs, n=n):  # noqa: ANN001
+        def grab(module, args, kwargs, n=n):
             seen[n] = (args, dict(kwargs))
         handles.append(modules[n].register_forward_pre_hook(grab, with_kwargs=True))
     try:

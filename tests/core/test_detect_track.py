@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from tiny_models import TinyModels
-from ttm_core.segment.detect import assign_by_position, non_max_suppression, plan_queries, split_position
 from ttm_core.errors import TTMInputError
-from ttm_core.segment.sam2 import load_sam2
+from ttm_core.segment.detect import assign_by_position, non_max_suppression, plan_queries, split_position
 from ttm_core.segment.first_frame import choose_distinct
+from ttm_core.segment.sam2 import load_sam2
 from ttm_core.segment.track import frames_state, track_objects
 from ttm_core.types import ObjectPrompt, Objects, Prompts
 

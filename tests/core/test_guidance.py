@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ttm_core.stage2.families import WAN21_I2V, WAN22_TI2V
 from ttm_core.errors import TTMInputError
+from ttm_core.stage2.families import WAN21_I2V, WAN22_TI2V
 from ttm_core.stage2.guidance import DualClock, latent_foreground, noise_to, pin, step_index
 from ttm_core.types import ObjectPrompt, Objects, Prompts, Trajectory
 

@@ -106,7 +106,7 @@ def test_nodes_import_the_core_relatively() -> None:
 
     The one absolute `nodes` import allowed is ComfyUI's own, spelled `import nodes as comfy_nodes`.
     """
-    for path in sorted((ROOT / "nodes").rglob("*.py")) + [ROOT / "__init__.py"]:
+    for path in [*sorted((ROOT / "nodes").rglob("*.py")), ROOT / "__init__.py"]:
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -132,7 +132,8 @@ def test_a_too_old_torch_is_refused_with_the_fix() -> None:
 
     assert torch_version_ok("2.14.1+cu130") and torch_version_ok("2.4.0") and torch_version_ok("3.0")
     assert not torch_version_ok("2.3.1+cu121") and not torch_version_ok("1.13.1") and not torch_version_ok("nightly")
-    with pytest.raises(TTMInputError, match=r"needs PyTorch 2\.4 or newer, this ComfyUI has 2\.3\.1.*ComfyUI's install"):
+    with pytest.raises(TTMInputError,
+                       match=r"needs PyTorch 2\.4 or newer, this ComfyUI has 2\.3\.1.*ComfyUI's install"):
         check_torch("2.3.1+cu121")
 
 

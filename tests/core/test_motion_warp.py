@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from ttm_core.errors import TTMInputError
+from ttm_core.motion.cut_and_drag import cut_and_drag, push_pull_fill
+from ttm_core.motion.paths import Keyframe, ObjectPath
 from ttm_core.motion.poses import estimate_affines, mask_centroids
 from ttm_core.motion.render import trajectory_from_paths, warp
-from ttm_core.motion.paths import Keyframe, ObjectPath
 from ttm_core.types import ObjectPrompt, Objects, Prompts, Trajectory
-from ttm_core.motion.cut_and_drag import cut_and_drag, push_pull_fill
 
 H, W = 48, 64
 

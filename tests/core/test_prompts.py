@@ -9,7 +9,8 @@ from ttm_core.prompts.parse import manual_prompts, parse_llm_answer, parse_objec
 
 
 def test_manual_lines_with_bullets_comments_and_blanks() -> None:
-    prompts = manual_prompts("a cat and a dog", "", "# movable objects\n- cat: a ginger cat jumps\n\n2. dog: a dog runs\n")
+    prompts = manual_prompts("a cat and a dog", "",
+                             "# movable objects\n- cat: a ginger cat jumps\n\n2. dog: a dog runs\n")
     assert prompts.names == ("cat", "dog")
     assert prompts.objects[1].local_prompt == "a dog runs"
     assert prompts.motion_prompt == "a cat and a dog"  # empty motion prompt falls back to the global one

@@ -21,9 +21,18 @@ from PIL import Image
 from common import ROOT
 from tiny_models import TinyModels
 from ttm_core.errors import TTMInputError
+from ttm_core.segment.first_frame import (
+    ObjectClicks,
+    gather_clicks,
+    image_predictor,
+    kjnodes_boxes,
+    kjnodes_points,
+    parse_boxes,
+    parse_points,
+    resolve_overlaps,
+    segment_objects,
+)
 from ttm_core.segment.sam2 import _packaged_config, build_meta_model, infer_meta_config, load_sam2, read_state_dict
-from ttm_core.segment.first_frame import (ObjectClicks, gather_clicks, image_predictor, kjnodes_boxes, kjnodes_points,
-                              parse_boxes, parse_points, resolve_overlaps, segment_objects)
 from ttm_core.types import ObjectPrompt, Prompts
 
 COINS = ROOT / "examples" / "ttm_coins.png"
@@ -113,10 +122,10 @@ def test_hf_folder_loads_image_and_video_models(tiny_models: TinyModels, hf) -> 
 
 def test_loading_refuses_what_is_not_sam2(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(TTMInputError, match="not a .pt, .pth or .safetensors"):
+    with pytest.raises(TTMInputError, match=r"not a .pt, .pth or .safetensors"):
         load_sam2(tmp_path / "notes.txt")
     torch.save({"model": {"w": torch.zeros(2)}}, tmp_path / "other.pt")
-    with pytest.raises(TTMInputError, match="other.pt is not a SAM 2 checkpoint"):
+    with pytest.raises(TTMInputError, match=r"other.pt is not a SAM 2 checkpoint"):
         load_sam2(tmp_path / "other.pt")
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")  # needs unpickling code: refused
     with pytest.raises(TTMInputError, match="could not be read as a checkpoint"):

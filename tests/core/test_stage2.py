@@ -16,17 +16,15 @@ import pytest
 import torch
 
 from stage2_cases import one_thread, test_image, tiny_model_dir, two_balls  # noqa: F401 (fixtures)
+from tiny_diffusers import TINY_FAMILIES
 from ttm_core.errors import TTMInputError
-from ttm_core.stage2.guidance import DualClock, noise_to
 from ttm_core.stage2.diffusers.loader import load_video_model
-from ttm_core.stage2.diffusers.run import generate, size_rules
-from ttm_core.stage2.diffusers.sizes import plan_frames
+from ttm_core.stage2.diffusers.run import _pil, generate, size_rules
+from ttm_core.stage2.diffusers.sizes import SizeRules, fit_frames, plan_frames
 from ttm_core.stage2.families import VARIANTS
 from ttm_core.stage2.families.detect import detect_family, resolve_model_folder
+from ttm_core.stage2.guidance import DualClock, noise_to
 from ttm_core.stage2.settings import MaskedAttention, Sampling, Stage2Settings
-from ttm_core.stage2.diffusers.run import _pil
-from ttm_core.stage2.diffusers.sizes import SizeRules, fit_frames
-from tiny_diffusers import TINY_FAMILIES
 from ttm_core.types import ObjectPrompt, Prompts
 
 OFF = Stage2Settings(MaskedAttention(self_strength=0.0, cross_strength=0.0), DualClock(0.0, 0.0))
@@ -108,7 +106,7 @@ def test_unsupported_folders_are_refused_naming_what_was_found(tmp_path: Path, c
 def test_folders_without_model_index_and_unknown_names_are_refused(tmp_path: Path) -> None:
     (tmp_path / "loose").mkdir()
     (tmp_path / "loose" / "wan2.1_i2v_480p_14B_bf16.safetensors").write_bytes(b"")
-    with pytest.raises(TTMInputError, match="'loose' has no model_index.json .*wan2.1_i2v_480p_14B_bf16.safetensors"):
+    with pytest.raises(TTMInputError, match=r"'loose' has no model_index.json .*wan2.1_i2v_480p_14B_bf16.safetensors"):
         detect_family(tmp_path / "loose")
     _index(tmp_path / "real", "I2VGenXLPipeline", unet=["diffusers", "I2VGenXLUNet"])
     with pytest.raises(TTMInputError, match=r"no folder 'CogVideoX-5b-I2V' .*\(found: real\)"):
@@ -318,7 +316,7 @@ def test_prompts_longer_than_the_text_encoder_are_refused_before_any_model_runs(
 def test_trajectory_mismatches(tiny_model_dir: Path) -> None:
     m = model(tiny_model_dir, "wan2.1-i2v")
     trajectory = two_balls(frames=12)
-    with pytest.raises(TTMInputError, match="image: the image is 32x32 .* the trajectory is 64x64"):
+    with pytest.raises(TTMInputError, match=r"image: the image is 32x32 .* the trajectory is 64x64"):
         generate(m, test_image(32), trajectory, trajectory.objects.prompts, Stage2Settings(), Sampling())
     one = Prompts("g", "m", (ObjectPrompt("ball", "a ball"),))
     with pytest.raises(TTMInputError, match="prompts: 1 object prompts for the trajectory's 2 objects"):

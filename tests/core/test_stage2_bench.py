@@ -7,14 +7,13 @@ import json
 import pytest
 import torch
 
-from stage2_cases import one_thread  # noqa: F401 - autouse fixture
 import benchmarks.__main__ as cli
-from benchmarks import attention as bench
 from benchmarks.stage2 import Stage2Case, StepBench, build_model
+from stage2_cases import one_thread  # noqa: F401 - autouse fixture
 
 
 @pytest.mark.slow
-def test_tiny_stage2_benchmark_report(tmp_path) -> None:  # noqa: ANN001
+def test_tiny_stage2_benchmark_report(tmp_path) -> None:
     out = tmp_path / "stage2.json"
     assert cli.main(["stage2", "--size", "64", "--frames", "9", "--rounds", "3", "--pipeline-rounds", "1",
                      "--threads", "1", "--no-memory", "--json", str(out)]) == 0

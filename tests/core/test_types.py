@@ -50,7 +50,7 @@ def test_prompts_index_by_name_or_id() -> None:
     prompts = Prompts("g", "m", (ObjectPrompt("cat", "a"), ObjectPrompt("dog", "b")))
     assert prompts.index_of("DOG") == 1
     assert prompts.index_of("1") == 0
-    with pytest.raises(TTMInputError, match="no object 'bird'.*1 = 'cat', 2 = 'dog'"):
+    with pytest.raises(TTMInputError, match=r"no object 'bird'.*1 = 'cat', 2 = 'dog'"):
         prompts.index_of("bird")
     with pytest.raises(TTMInputError):
         prompts.index_of("3")

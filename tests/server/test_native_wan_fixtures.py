@@ -18,8 +18,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from native_wan import (FIXTURES, GRAPH_FIXTURES, TimedRun, build_cached, detect_native_wan, load_graph, run_timed,
-                        set_seed)
+from native_wan import (
+    FIXTURES,
+    GRAPH_FIXTURES,
+    TimedRun,
+    build_cached,
+    detect_native_wan,
+    load_graph,
+    run_timed,
+    set_seed,
+)
 from ttm_batch.client import ComfyClient
 
 pytestmark = pytest.mark.server

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_openai import FakeOpenAI, Reply, chat_completion
 from common import ROOT, expect_failure, load_workflow
+from fake_openai import FakeOpenAI, Reply, chat_completion
 from tiny_models import TinyModels
 from ttm_batch.client import ComfyClient
 

@@ -56,7 +56,8 @@ def test_each_stage2_node_shows_only_the_inputs_its_engine_reads(client: ComfyCl
     sampling = {"negative_prompt", "width", "height", "length", "seed", "steps", "cfg"}
     assert inputs("TTM_WarpMotionToVideo") == {"image", "trajectory", "feather"}
     assert inputs("TTM_WanMotionToVideo") == {"image", "trajectory", "model", "clip", "vae", "model_2", "clip_vision",
-                                              "sampler_name", "scheduler", "expert_switch", "feather"} | masking | sampling
+                                              "sampler_name", "scheduler", "expert_switch",
+                                              "feather"} | masking | sampling
     assert inputs("TTM_DiffusersMotionToVideo") == {"image", "trajectory", "video_model", "prompts",
                                                     "feather"} | masking | sampling
     assert len(inputs("TTM_MaskedMotionToVideo")) == 30  # the deprecated all-in-one node keeps its schema

@@ -22,11 +22,11 @@ from PIL import Image
 
 from common import ROOT, expect_failure, load_workflow, watch_prompt
 from stage2_cases import one_thread, server_models, tiny_model_dir  # noqa: F401 (fixtures)
+from tiny_diffusers import TINY_FAMILIES
 from ttm_batch.client import ComfyClient, PromptResult
 from ttm_core.stage2.diffusers.loader import load_video_model
 from ttm_core.stage2.diffusers.run import _pil
 from ttm_core.stage2.diffusers.sizes import fit_frames, plan_frames
-from tiny_diffusers import TINY_FAMILIES
 
 pytestmark = pytest.mark.server
 COG, UNET = "ttm_cogvideox_i2v_api.json", "ttm_i2vgen_xl_api.json"

@@ -17,6 +17,7 @@ from ttm_core.stage2.attention.grids import token_grid
 from ttm_core.stage2.families import geometry_for
 from ttm_core.types import ObjectPrompt, Objects, Prompts, Trajectory
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread() -> Iterator[None]:
     """Tiny models run fastest on one thread, and two CPU cores are shared with other test runs

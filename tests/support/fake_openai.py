@@ -48,7 +48,7 @@ class FakeOpenAI:
         fake = cls()
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:  # http.server's naming
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length).decode()
                 fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})

@@ -27,7 +27,8 @@ from native_wan import tiny_workflow
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 STAGE2_NODES = ("TTM_MaskedMotionToVideo", "TTM_DiffusersMotionToVideo")
-DIFFUSERS = {"ttm_cogvideox_i2v": ("cogvideox-1.0-i2v", {"TTM_ImageToMotion": {"num_frames": 9}, "stage2": {"steps": 2}}),
+DIFFUSERS = {"ttm_cogvideox_i2v": ("cogvideox-1.0-i2v",
+                                   {"TTM_ImageToMotion": {"num_frames": 9}, "stage2": {"steps": 2}}),
              "ttm_i2vgen_xl": ("i2vgen-xl", {"TTM_ImageToMotion": {"num_frames": 4},
                                              "stage2": {"steps": 2, "width": 64, "height": 64}})}
 

@@ -391,7 +391,7 @@ def check_length_mismatch(s: Setup) -> dict:
     """Extra tokens in the sequence (here ``time_dim_concat`` frames; newer ComfyUI also appends context
     latents): masked attention passes the calls through, so the output is exactly the stock one."""
     torch = s.torch
-    patched, state = s.patch(s.settings())
+    patched, _state = s.patch(s.settings())
     s.model_management.load_models_gpu([patched])
     model = patched.model.diffusion_model
     shape = s.latent["samples"].shape

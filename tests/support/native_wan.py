@@ -338,7 +338,7 @@ def detect_native_wan(paths: Mapping[str, Path], install: Any = None) -> dict[st
 
 def _comfy_imports(comfy_dir: str) -> None:
     sys.path.insert(0, comfy_dir)
-    from comfy.cli_args import args  # noqa: PLC0415 (ComfyUI is only importable here)
+    from comfy.cli_args import args  # ComfyUI is only importable here
 
     args.cpu = True  # comfy.model_management probes CUDA at import time otherwise
 
@@ -369,9 +369,8 @@ def _value(torch: Any, key: str, shape: tuple[int, ...], owner: str, seed: int) 
 
 
 def _meta_module(fixture: Fixture, comfy_dir: str) -> Any:
-    import torch
-
     import comfy.ops
+    import torch
 
     with torch.device("meta"):
         if fixture.kind == "wan_dit":
@@ -454,12 +453,11 @@ def _key_check(file_keys: Iterable[str], module_keys: Iterable[str]) -> dict[str
 
 
 def _detect(key: str, path: Path, comfy_dir: str) -> dict[str, Any]:
-    import torch
-    from safetensors import safe_open
-
     import comfy.clip_vision
     import comfy.sd
     import comfy.utils
+    import torch
+    from safetensors import safe_open
 
     with safe_open(str(path), "pt") as handle:
         file_keys = list(handle.keys())

@@ -95,8 +95,12 @@ def build_cogvideox(version: str = "1.0", seed: int = 0, sample_size: tuple[int,
                     sample_frames: int = 9, learned_positions: bool | None = None, heads: int = 2,
                     head_dim: int = 16, layers: int = 2):
     """CogVideoX I2V 1.0 (patch 1x2x2; learned positions fix the size, as in CogVideoX-5b-I2V) or 1.5 (2x2x2)."""
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
-                           CogVideoXTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXTransformer3DModel,
+    )
 
     torch.manual_seed(seed)
     height, width = sample_size
@@ -128,7 +132,8 @@ def _wan_vae(ti2v: bool):
 
     if ti2v:
         return AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                temperal_downsample=[False, True, True], is_residual=True, patch_size=2, in_channels=12, out_channels=12,
+                                temperal_downsample=[False, True, True], is_residual=True, patch_size=2,
+                                in_channels=12, out_channels=12,
                                 scale_factor_spatial=16, scale_factor_temporal=4,
                                 latents_mean=[0.0] * 48, latents_std=[1.0] * 48).eval()
     return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,

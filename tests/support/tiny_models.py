@@ -91,8 +91,16 @@ def make_meta_sam2(path: Path, seed: int = 0, image_size: int | None = None) -> 
 
 def make_hf_sam2(folder: Path, seed: int = 0) -> Path:
     """Write a tiny Hugging Face ``sam2_video`` folder (loads as Sam2Model and Sam2VideoModel)."""
-    from transformers import (Sam2HieraDetConfig, Sam2ImageProcessor, Sam2Processor, Sam2VideoConfig,
-                              Sam2VideoModel, Sam2VideoProcessor, Sam2VideoVideoProcessor, Sam2VisionConfig)
+    from transformers import (
+        Sam2HieraDetConfig,
+        Sam2ImageProcessor,
+        Sam2Processor,
+        Sam2VideoConfig,
+        Sam2VideoModel,
+        Sam2VideoProcessor,
+        Sam2VideoVideoProcessor,
+        Sam2VisionConfig,
+    )
 
     torch.manual_seed(seed)
     size = 256
@@ -129,8 +137,15 @@ def make_hf_sam2(folder: Path, seed: int = 0) -> Path:
 
 def make_grounding_dino(folder: Path, seed: int = 0) -> Path:
     """Write a tiny Grounding DINO folder (Swin backbone + BERT text encoder + processor)."""
-    from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
 
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)

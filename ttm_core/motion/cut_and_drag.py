@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..errors import TTMInputError
+from ..types import ProgressFn, Trajectory
 from .poses import estimate_affines, is_identity
 from .render import warp
-from ..types import ProgressFn, Trajectory
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -54,7 +55,8 @@ def fit_trajectory(trajectory: Trajectory, height: int, width: int, num_frames: 
     if trajectory.num_frames != num_frames or changed or (crop_h, crop_w) != (height, width):
         LOG.info("fitting the %dx%d, %d-frame trajectory to a %dx%d, %d-frame video%s", trajectory.size[1],
                  trajectory.size[0], trajectory.num_frames, width, height, num_frames,
-                 f" (centre crop to {crop_w}x{crop_h} first, as core Wan nodes crop the start image)" if changed else "")
+                 f" (centre crop to {crop_w}x{crop_h} first, as core Wan nodes crop the start image)"
+                 if changed else "")
     if not changed:
         return trajectory
     labels = trajectory.labels[:, top:top + crop_h, left:left + crop_w].contiguous()

@@ -31,6 +31,7 @@ displacement from its first point; "absolute" puts the centroid on the points.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -104,7 +105,7 @@ class ObjectPath:
         if not self.keyframes or self.keyframes[0].time != 0.0:
             raise TTMInputError("paths", "a path must start at frame 0", "add a keyframe at frame 0")
         times = [k.time for k in self.keyframes]
-        if any(b <= a for a, b in zip(times, times[1:])):
+        if any(b <= a for a, b in itertools.pairwise(times)):
             raise TTMInputError("paths", f"keyframe times {times} do not increase",
                                 "give each keyframe a later frame than the one before")
         if self.curve not in CURVES:
@@ -189,7 +190,8 @@ class _Space:
 
     def check(self, x: float, y: float, what: str) -> tuple[float, float]:
         w, h = self.width, self.height
-        if not (-FAR_OFF_LIMIT * w <= x <= (1 + FAR_OFF_LIMIT) * w and -FAR_OFF_LIMIT * h <= y <= (1 + FAR_OFF_LIMIT) * h):
+        if not (-FAR_OFF_LIMIT * w <= x <= (1 + FAR_OFF_LIMIT) * w
+                and -FAR_OFF_LIMIT * h <= y <= (1 + FAR_OFF_LIMIT) * h):
             raise TTMInputError("paths", f"{what} ({x:.1f}, {y:.1f}) px is far off the {w}x{h} image",
                                 "check the units ('normalized' is 0..1) or the spline canvas 'size'")
         return x, y
@@ -311,7 +313,8 @@ def parse_paths(spec: str | Mapping[str, object], prompts: Prompts, size: tuple[
         if result[index] is not None:
             raise TTMInputError("paths", f"object {name!r} has two paths", "give each object one path")
         if not isinstance(entry, Mapping):
-            raise TTMInputError("paths", f"the path of {name!r} is {entry!r}", "give {\"keyframes\": [...]} or {\"spline\": ...}")
+            raise TTMInputError("paths", f"the path of {name!r} is {entry!r}",
+                                "give {\"keyframes\": [...]} or {\"spline\": ...}")
         rest = (float(rest_positions[index, 0]), float(rest_positions[index, 1]))
         if ("keyframes" in entry) == ("spline" in entry):
             raise TTMInputError("paths", f"the path of {name!r} needs exactly one of 'keyframes' and 'spline'",

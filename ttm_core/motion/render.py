@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TTMInputError
+from ..types import Objects, ProgressFn, Trajectory
 from .paths import ObjectPath, sample_path
 from .poses import IDENTITY, is_identity, mask_centroids, pose_affines
-from ..types import Objects, ProgressFn, Trajectory
 
 
 def affine_grid(affines: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -50,7 +50,7 @@ def warp(images: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
     out = images.clone()
     moving = ~is_identity(affines)
     if bool(moving.any()):
-        grid = affine_grid(affines[moving], tuple(images.shape[-2:])).to(images.device)
+        grid = affine_grid(affines[moving], (images.shape[-2], images.shape[-1])).to(images.device)
         out[moving] = F.grid_sample(images[moving], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out
 

@@ -39,8 +39,8 @@ from typing import Any
 import torch
 
 from ..errors import TTMInputError
+from ..types import MAX_NAME_LENGTH, MAX_OBJECTS, PretrainedModel, Prompts
 from .parse import parse_llm_answer
-from ..types import MAX_NAME_LENGTH, MAX_OBJECTS, Prompts
 
 LOG = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class _Vocabulary:
         special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
         anchor = tokenizer.encode("a", add_special_tokens=False)[:1]
         base = tokenizer.decode(anchor)
-        pairs = tokenizer.batch_decode([anchor + [i] for i in range(vocab_size)])
+        pairs = tokenizer.batch_decode([[*anchor, i] for i in range(vocab_size)])
         texts = [p[len(base):] if p.startswith(base) else p for p in pairs]
         by_text: dict[str, int] = {}
         for i, text in enumerate(texts):
@@ -288,7 +288,7 @@ class LocalLLM:
     """
 
     name: str
-    model: torch.nn.Module
+    model: PretrainedModel
     tokenizer: Any
     constrained: bool = True
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -390,7 +390,8 @@ def load_local_llm(folder: Path, device: torch.device | str = "cpu", dtype: torc
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
+        model: PretrainedModel = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+                                                                      dtype=dtype)
     except (OSError, ValueError) as err:
         raise TTMInputError("model", f"{folder.name} could not be loaded ({err})",
                             "the folder needs config.json, the weights (safetensors) and the tokenizer files") from None

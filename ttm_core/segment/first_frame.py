@@ -33,8 +33,8 @@ from einops import rearrange
 
 from ..errors import TTMInputError
 from ..kjnodes import parse_spline_points
-from .sam2 import Sam2Model
 from ..types import Objects, Prompts
+from .sam2 import Sam2Model
 
 LOG = logging.getLogger(__name__)
 
@@ -532,12 +532,12 @@ def segment_automatic(model: Sam2Model, image: torch.Tensor, prompts: Prompts, p
         raise TTMInputError("auto_score_threshold", f"found {len(chosen)} distinct masks for "
                             f"{len(prompts.objects)} objects ({', '.join(prompts.names)})",
                             "lower auto_score_threshold, raise auto_points_per_side, or use points, boxes or text")
-    logits = [c[1] for c in chosen]
+    chosen_logits = [c[1] for c in chosen]
     if scale < 1.0:
-        upsampled = F.interpolate(rearrange(torch.stack(logits), "l h w -> 1 l h w"), size=(height, width),
+        upsampled = F.interpolate(rearrange(torch.stack(chosen_logits), "l h w -> 1 l h w"), size=(height, width),
                                   mode="bilinear", align_corners=False)
-        logits = list(rearrange(upsampled, "1 l h w -> l h w"))
-    return _finish(prompts, logits, [c[0] for c in chosen])
+        chosen_logits = list(rearrange(upsampled, "1 l h w -> l h w"))
+    return _finish(prompts, chosen_logits, [c[0] for c in chosen])
 
 
 def segment_objects(model: Sam2Model, image: torch.Tensor, prompts: Prompts, mode: str, *,

@@ -63,7 +63,8 @@ def objects_from_masks(prompts: Prompts, masks: Sequence[tuple[str, torch.Tensor
     for name, mask in masks:
         batch = as_mask_batch(mask, name)
         if tuple(batch.shape[1:]) != (height, width):
-            raise TTMInputError(name, f"the mask is {batch.shape[2]}x{batch.shape[1]} but the image is {width}x{height}",
+            raise TTMInputError(name,
+                                f"the mask is {batch.shape[2]}x{batch.shape[1]} but the image is {width}x{height}",
                                 "make the masks on this image, or resize them to the image size")
         for index, single in enumerate(batch):
             if split:

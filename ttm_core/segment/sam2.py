@@ -35,6 +35,7 @@ import torch
 
 from ..errors import TTMInputError
 from ..model_files import model_type
+from ..types import PretrainedModel
 
 LOG = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def infer_meta_config(state: Mapping[str, torch.Tensor], name: str = "checkpoint
     if depth == 0:
         _shape(state, "image_encoder.trunk.blocks.0.norm1.weight", name)
     starts = [0] + [i for i in range(depth) if f"image_encoder.trunk.blocks.{i}.proj.weight" in state]
-    stages = tuple(b - a for a, b in zip(starts, starts[1:] + [depth]))
+    stages = tuple(b - a for a, b in zip(starts, [*starts[1:], depth]))
     size = _FAMILIES.get(stages)
     if size is None:
         known = ", ".join(f"{_FAMILY_NAMES[v]} {list(k)}" for k, v in _FAMILIES.items())
@@ -267,9 +268,9 @@ class Sam2Model:
     name: str
     backend: str
     description: str
-    model: torch.nn.Module
+    model: PretrainedModel
     processor: Any = None
-    video_model: torch.nn.Module | None = None
+    video_model: PretrainedModel | None = None
     video_processor: Any = None
 
     def __post_init__(self) -> None:
@@ -364,19 +365,21 @@ def _load_hf(folder: Path, video: bool, device: torch.device | str) -> Sam2Model
     from transformers import Sam2Processor
 
     try:
-        model = HFSam2Model.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+        model: PretrainedModel = HFSam2Model.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
         processor = Sam2Processor.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as err:
         raise TTMInputError("model", f"{folder.name} could not be loaded ({err})",
                             "the folder needs config.json, model.safetensors and the processor files "
                             "(preprocessor_config.json) as saved by transformers") from None
     model = model.to(device).eval()
-    video_model = video_processor = None
+    video_model: PretrainedModel | None = None
+    video_processor: Any = None
     if video and kind == "sam2_video":
         from transformers import Sam2VideoModel, Sam2VideoProcessor
 
-        video_model = Sam2VideoModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
-        video_model = video_model.to(device).eval()
+        loaded: PretrainedModel = Sam2VideoModel.from_pretrained(str(folder), local_files_only=True,
+                                                                 dtype=torch.float32)
+        video_model = loaded.to(device).eval()
         video_processor = Sam2VideoProcessor.from_pretrained(str(folder), local_files_only=True)
     description = f"Hugging Face {kind} folder"
     LOG.info("loaded %s: %s", folder.name, description)

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..errors import TTMInputError
-from .sam2 import Sam2Model
+from ..types import Objects, PretrainedModel
 from .first_frame import autocast
-from ..types import Objects
+from .sam2 import Sam2Model
 
 LOG = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def track_objects(model: Sam2Model, frames: torch.Tensor, objects: Objects, devi
         uint8 label video ``[T, H, W]``: 0 = background, ``objects.ids[i]`` = object i (a pixel
         claimed by several objects goes to the highest mask logit), ready for a Trajectory.
     """
-    if not model.can_track:
+    video_model = model.video_model  # None unless model.can_track
+    if video_model is None:
         raise TTMInputError("model", f"{model.name} was loaded without its video model",
                             "load a Meta checkpoint, or a Hugging Face sam2_video folder with video tracking on")
     frames = _check_frames(frames, objects)
@@ -117,27 +118,25 @@ def track_objects(model: Sam2Model, frames: torch.Tensor, objects: Objects, devi
     masks = objects.binary()
     with torch.inference_mode(), autocast(device, dtype):
         if model.backend == "meta":
-            predictor = model.video_model
+            predictor = video_model
             state = frames_state(predictor, frames, device)
             for i, object_id in enumerate(objects.ids):
                 predictor.add_new_mask(state, frame_idx=0, obj_id=int(object_id), mask=masks[i].to(device))
             stream = ((t, list(ids), logits[:, 0]) for t, ids, logits in predictor.propagate_in_video(state))
         else:
-            stream = _hf_stream(model, frames, masks, objects.ids, device, dtype)
-        done = 0
-        for t, ids, logits in stream:
+            stream = _hf_stream(model.video_processor, video_model, frames, masks, objects.ids, device, dtype)
+        for done, (t, ids, logits) in enumerate(stream, 1):
             order = [list(ids).index(object_id) for object_id in objects.ids]
             labels[t] = _labels_from_logits(logits[order].float().cpu(), objects.ids)
-            done += 1
             if progress:
                 progress(done, count)
     return labels
 
 
-def _hf_stream(model: Sam2Model, frames: torch.Tensor, masks: torch.Tensor, ids: tuple[int, ...],
-               device: torch.device, dtype: torch.dtype):
-    """(frame index, object ids, logits [L, H, W]) per frame from transformers' Sam2VideoModel."""
-    processor, video_model = model.video_processor, model.video_model
+def _hf_stream(processor: Any, video_model: PretrainedModel, frames: torch.Tensor, masks: torch.Tensor,
+               ids: tuple[int, ...], device: torch.device, dtype: torch.dtype):
+    """(frame index, object ids, logits [L, H, W]) per frame from transformers' Sam2VideoModel and its
+    Sam2VideoProcessor."""
     video = (frames.detach().to("cpu", torch.float32).clamp(0, 1) * 255).round().to(torch.uint8)
     session = processor.init_video_session(video=list(video.numpy()), inference_device=device,
                                            dtype=torch.float32)

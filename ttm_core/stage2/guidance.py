@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention.grids import VideoGeometry, token_grid_from_labels
 from ..errors import TTMInputError
 from ..types import Trajectory
+from .attention.grids import VideoGeometry, token_grid_from_labels
 
 CLOCK_UNITS = ("steps", "sigma")
 NOISING = ("flow", "ve", "vp")

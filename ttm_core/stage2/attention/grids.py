@@ -19,6 +19,7 @@ token cell the object touches at all, so even a thin object keeps at least one t
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -118,7 +119,7 @@ class VideoGeometry:
             raise TTMInputError("num_frames", f"{len(latents)} latent frames are not a multiple of the "
                                 f"{self.name} temporal patch {pt}", f"use a frame count giving a multiple of {pt}")
         latents = [[0]] * pad + latents
-        return [sum(latents[i:i + pt], []) for i in range(0, len(latents), pt)]
+        return [list(itertools.chain.from_iterable(latents[i:i + pt])) for i in range(0, len(latents), pt)]
 
     def token_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(Tt, Ht, Wt) tokens at the finest level for a video of that size."""
@@ -171,7 +172,8 @@ class TokenGrid:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(Tt, Ht, Wt): token frames, rows, columns."""
-        return tuple(int(s) for s in self.fractions.shape[1:])  # type: ignore[return-value]
+        _, frames, rows, columns = self.fractions.shape  # 4-D, checked in __post_init__
+        return int(frames), int(rows), int(columns)
 
     @property
     def num_tokens(self) -> int:
@@ -179,7 +181,7 @@ class TokenGrid:
 
     def in_box(self) -> torch.Tensor:
         """bool ``[N, L]``: token n lies inside object l's box of its token frame."""
-        tt, ht, wt = self.shape
+        _, ht, wt = self.shape
         ys = torch.arange(ht)[None, None, :, None]
         xs = torch.arange(wt)[None, None, None, :]
         b = self.boxes[:, :, :, None, None]

@@ -16,9 +16,8 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
-from torch import nn
-
 from ...errors import TTMInputError
+from ...types import PretrainedModel
 from ..families import Family, family_of, models_of
 from .layers import MaskedLayers
 from .state import LocalContext, MaskedAttentionPlan, MaskedAttentionState
@@ -26,7 +25,7 @@ from .state import LocalContext, MaskedAttentionPlan, MaskedAttentionState
 logger = logging.getLogger(__name__)
 
 
-def resolve_num_blocks(model: nn.Module, plan: MaskedAttentionPlan, family: Family | None = None) -> int:
+def resolve_num_blocks(model: PretrainedModel, plan: MaskedAttentionPlan, family: Family | None = None) -> int:
     """K for this model: the plan's, or the family default; checked against the model's depth."""
     family = family or family_of(model)
     available = len(family.sites(model))
@@ -37,7 +36,7 @@ def resolve_num_blocks(model: nn.Module, plan: MaskedAttentionPlan, family: Fami
     return k
 
 
-def _check_plan(model: nn.Module, family: Family, plan: MaskedAttentionPlan) -> None:
+def _check_plan(model: PretrainedModel, family: Family, plan: MaskedAttentionPlan) -> None:
     expected = family.geometry(model)
     got = plan.grid.geometry
     if (got.patch, got.spatial_ratio, got.temporal_ratio, got.multi_level) != \
@@ -56,7 +55,7 @@ def _check_plan(model: nn.Module, family: Family, plan: MaskedAttentionPlan) -> 
 
 
 @contextmanager
-def _installed(name: str, model: nn.Module, state: MaskedAttentionState,
+def _installed(name: str, model: PretrainedModel, state: MaskedAttentionState,
                layers: MaskedLayers | None) -> Iterator[None]:
     plan = state.plan
     family = family_of(model)

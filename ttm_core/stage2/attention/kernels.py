@@ -154,7 +154,7 @@ def _loop_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition
 
 
 def _is_identity(partition: Partition) -> bool:
-    cache = partition._device_copies  # noqa: SLF001 - the plan's own per-device cache
+    cache = partition._device_copies  # the plan's own per-device cache
     key = ("identity", str(partition.perm.device))
     if key not in cache:
         perm = partition.perm
@@ -189,13 +189,13 @@ def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition
     """FlexAttention over the sorted sequence with a block mask "same part" (groupings only)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    cache = partition._device_copies  # noqa: SLF001 - the plan's own per-device cache
+    cache = partition._device_copies  # the plan's own per-device cache
     key = ("flex", str(q.device))
     if key not in cache:
         part_of_row = torch.repeat_interleave(torch.arange(len(partition), device=q.device),
                                               torch.tensor(partition.lengths, device=q.device))
 
-        def same_part(b, h, q_idx, kv_idx):  # noqa: ANN001 - FlexAttention's mask_mod signature
+        def same_part(b, h, q_idx, kv_idx):  # FlexAttention's mask_mod signature
             return part_of_row[q_idx] == part_of_row[kv_idx]
 
         block_mask = create_block_mask(same_part, None, None, partition.num_q, partition.num_kv, device=q.device)

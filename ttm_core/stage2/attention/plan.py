@@ -265,12 +265,18 @@ def joint_partition(text_len: int, video_groups: torch.Tensor | None, video_in_b
         video_in_box: bool ``[N, L]`` or None.
         key_owner: int64 ``[M]`` (1-based object per local key), needed with ``video_in_box``.
     """
-    if video_groups is None and video_in_box is None:
+    if video_groups is not None:
+        num_video = video_groups.numel()
+    elif video_in_box is not None:
+        num_video = video_in_box.shape[0]
+    else:
         raise ValueError("give video_groups or video_in_box")
-    if video_in_box is not None and key_owner is None:
+    if video_in_box is None:
+        local = torch.zeros(0, dtype=torch.int64)
+    elif key_owner is None:
         raise ValueError("video_in_box needs key_owner")
-    num_video = video_groups.numel() if video_groups is not None else video_in_box.shape[0]
-    local = key_owner.to(torch.int64).flatten().cpu() if video_in_box is not None else torch.zeros(0, dtype=torch.int64)
+    else:
+        local = key_owner.to(torch.int64).flatten().cpu()
     num_local = local.numel()
     num_objects = video_in_box.shape[1] if video_in_box is not None else 0
     span = 2 ** num_objects

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # annotations only: the family adapters import this module while they load
-    from .layers import MaskedBlockLayers
+    from .layers import MaskedBlockLayers, MaskedCrossAttentionLayer, MaskedSelfAttentionLayer
     from .state import LocalContext, MaskedAttentionState
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,30 @@ class MaskedProcessor:
     @property
     def new_layers(self) -> bool:
         return self.state.plan.masking.mode == "new_layers"
+
+    # Installation (``attention.install``) hands every processor its site's layers in new-layers mode
+    # (refusing to install without them) and the local prompts whenever the plan has any (the only
+    # case with a cross strength above 0); these raise if that ever stops being so.
+    @property
+    def masked_self_layer(self) -> MaskedSelfAttentionLayer:
+        """The site's new masked self-attention layer (new-layers mode)."""
+        if self.layers is None:
+            raise RuntimeError(f"{self.name}: new-layers mode without the site's masked layers")
+        return self.layers.masked_self
+
+    @property
+    def masked_cross_layer(self) -> MaskedCrossAttentionLayer:
+        """The site's new masked cross-attention layer (new-layers mode, families with text)."""
+        if self.layers is None or self.layers.masked_cross is None:
+            raise RuntimeError(f"{self.name}: new-layers mode without the site's masked cross-attention layer")
+        return self.layers.masked_cross
+
+    @property
+    def local_context(self) -> LocalContext:
+        """The local prompts as the model reads them (masked cross-attention)."""
+        if self.local is None:
+            raise RuntimeError(f"{self.name}: masked cross-attention without local prompts")
+        return self.local
 
     def _layer_input(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         dtype = next(layer.parameters()).dtype

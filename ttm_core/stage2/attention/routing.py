@@ -48,8 +48,10 @@ def blend(stock: torch.Tensor | None, masked: torch.Tensor, strength: float) -> 
     """(1 - s) * stock + s * masked, returning either input unchanged at s = 0 or s = 1.
 
     ``stock`` may be None at s >= 1, where callers skip computing it."""
-    if strength <= 0.0:
-        return stock
     if strength >= 1.0:
         return masked
+    if stock is None:
+        raise ValueError(f"blending at strength {strength} needs the stock output")
+    if strength <= 0.0:
+        return stock
     return torch.lerp(stock, masked.to(stock.dtype), strength)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...errors import TTMInputError
+from ...types import PretrainedModel
 from ..families import VARIANTS, Family, Variant, family_of_variant
 from ..families.detect import DetectedModel, detect_family
 
@@ -45,7 +46,7 @@ class VideoModel:
     name: str
     folder: Path
     variant: Variant
-    pipeline: object
+    pipeline: PretrainedModel
     dtype: torch.dtype
     vae_tiling: bool = False
 
@@ -69,7 +70,7 @@ class VideoModel:
     def components(self) -> dict[str, nn.Module]:
         """Every torch module of the pipeline by component name (text/image encoders, denoisers, VAE)."""
         out = {}
-        for name, value in self.pipeline.components.items():  # type: ignore[attr-defined]
+        for name, value in self.pipeline.components.items():
             if isinstance(value, nn.Module):
                 out[name] = value
         return out

@@ -8,8 +8,8 @@ call and undone in ``finally`` (normal end, error, ComfyUI cancel):
   with the local prompts limited to the conditional rows of classifier-free guidance (each family
   adapter knows how its pipeline batches them: ``Family.conditional_rows``);
 * dual-clock trajectory guidance (``stage2.guidance``): the cut-and-drag reference video
-  (``motion.cut_and_drag``) is VAE-encoded once (``Family.encode_reference``); before denoising step i the latent is replaced by
-  the reference noised to step i's level inside the objects while the object clock runs, and
+  (``motion.cut_and_drag``) is VAE-encoded once (``Family.encode_reference``); before denoising step i the latent is
+  replaced by the reference noised to step i's level inside the objects while the object clock runs, and
   outside them while the background clock runs. Step 0 is pinned where the pipeline prepares its
   latents, every later step right after the scheduler's previous step (both hooks are scoped
   attribute overrides of this pipeline object, removed on exit);
@@ -33,10 +33,10 @@ from PIL import Image
 
 from ...errors import TTMInputError
 from ...motion.cut_and_drag import check_first_frame, cut_and_drag
-from ...types import ProgressFn, Prompts, Trajectory
+from ...types import PretrainedModel, ProgressFn, Prompts, Trajectory
 from ..attention.grids import token_grid_from_labels
 from ..attention.install import masked_attention
-from ..attention.state import MaskedAttentionPlan
+from ..attention.state import MaskedAttentionPlan, MaskedAttentionState
 from ..families import geometry_for
 from ..families.base import CAUSAL_4K1, Family
 from ..guidance import DualClock, labels_foreground, noise_to, pin
@@ -95,7 +95,7 @@ class Stage2Result:
 def size_rules(model: VideoModel) -> SizeRules:
     """The legal sizes and frame counts of a loaded model (from its configs)."""
     variant = model.variant
-    geometry = geometry_for(model.denoisers[0], model.pipeline.vae)  # type: ignore[attr-defined]
+    geometry = geometry_for(model.denoisers[0], model.pipeline.vae)
     fixed = model.family.fixed_size(variant, model.pipeline, geometry)
     fixed_size, fixed_frames = fixed if fixed is not None else (None, None)
     return SizeRules(variant.label, geometry.pixels_per_token, fixed_size, fixed_frames, geometry.temporal_ratio,
@@ -120,24 +120,24 @@ def noise_kind(scheduler: object) -> str:
                         "keep the model's own scheduler (scheduler/ in its folder)")
 
 
-def noise_level(scheduler: object, step: int) -> float:
+def noise_level(scheduler: PretrainedModel, step: int) -> float:
     """The noise level of the latent entering denoising step ``step``: the flow sigma, or the VP
     noise standard deviation sqrt(1 - alpha_bar(t_step))."""
     if _is_flow(scheduler):
-        return float(scheduler.sigmas[step])  # type: ignore[attr-defined]
-    t = int(scheduler.timesteps[step])  # type: ignore[attr-defined]
-    alpha_bar = float(scheduler.alphas_cumprod[t])  # type: ignore[attr-defined]
+        return float(scheduler.sigmas[step])
+    t = int(scheduler.timesteps[step])
+    alpha_bar = float(scheduler.alphas_cumprod[t])
     return math.sqrt(min(1.0, max(0.0, 1.0 - alpha_bar)))
 
 
 class _DualClockRun:
     """The dual clock of one generation, hooked into a pipeline (see the module docstring)."""
 
-    def __init__(self, pipe: object, family: Family, clock: DualClock | None, reference: torch.Tensor | None,
+    def __init__(self, pipe: PretrainedModel, family: Family, clock: DualClock | None, reference: torch.Tensor | None,
                  foreground: torch.Tensor | None, progress: ProgressFn | None,
                  on_step: Callable[[int, int], None] | None = None) -> None:
         self.pipe = pipe
-        self.scheduler = pipe.scheduler  # type: ignore[attr-defined]
+        self.scheduler = pipe.scheduler
         self.layout = family  # the family adapter converts its latents to and from [B, C, F, H, W]
         self.clock = clock
         self.reference = reference  # [1, C, F, H, W] float32 or None (guidance off)
@@ -178,7 +178,7 @@ class _DualClockRun:
             done, total = self.count, self.total or len(self.scheduler.timesteps)
             if self.reference is not None and done < total:
                 prev = out[0] if isinstance(out, tuple) else out.prev_sample
-                frames = self.noise.shape[2]  # type: ignore[union-attr]
+                frames = self._noise().shape[2]
                 pinned = self._pin(self.layout.step_to_bcfhw(prev, frames), done)
                 if pinned is not None:
                     pinned = self.layout.step_from_bcfhw(pinned)
@@ -194,34 +194,49 @@ class _DualClockRun:
         return wrapped
 
     # helpers ----------------------------------------------------------------------------------
+    def _guide(self) -> tuple[DualClock, torch.Tensor, torch.Tensor]:
+        """The clock, the reference and the foreground, which ``generate`` gives together when the
+        reference is pinned (the only time the hooks pin)."""
+        if self.clock is None or self.reference is None or self.foreground is None:
+            raise RuntimeError("trajectory guidance without its clock, reference latents or foreground")
+        return self.clock, self.reference, self.foreground
+
+    def _noise(self) -> torch.Tensor:
+        """The initial noise, kept by the ``prepare_latents`` hook before any step is pinned."""
+        if self.noise is None:
+            raise RuntimeError("the pipeline stepped before preparing its latents")
+        return self.noise
+
     def _match_frames(self, frames: int) -> None:
         """CogVideoX 1.5 pads latent frames at the front (they show frame 0): pad the reference too."""
-        have = self.reference.shape[2]  # type: ignore[union-attr]
+        _, reference, foreground = self._guide()
+        have = reference.shape[2]
         if frames == have:
             return
         if frames < have:
             raise RuntimeError(f"the pipeline's latents have {frames} frames, the reference {have}")
         pad = frames - have
-        self.reference = torch.cat([self.reference[:, :, :1]] * pad + [self.reference], dim=2)  # type: ignore[index]
-        self.foreground = torch.cat([self.foreground[:1]] * pad + [self.foreground], dim=0)  # type: ignore[index]
+        self.reference = torch.cat([reference[:, :, :1]] * pad + [reference], dim=2)
+        self.foreground = torch.cat([foreground[:1]] * pad + [foreground], dim=0)
 
     def _pin(self, x: torch.Tensor, step: int) -> torch.Tensor | None:
         """x pinned for denoising step ``step`` ([B, C, F, H, W]), or None when nothing is pinned."""
+        clock, reference, foreground = self._guide()
         sigma = noise_level(self.scheduler, step)
-        objects, background = self.clock.pins(step, self.total, sigma)  # type: ignore[union-attr]
+        objects, background = clock.pins(step, self.total, sigma)
         self.levels.append((sigma, objects, background))
         if not (objects or background):
             return None
-        reference = self.reference.to(device=x.device)  # type: ignore[union-attr]
-        noise = self.noise.to(device=x.device)  # type: ignore[union-attr]
+        reference = reference.to(device=x.device)
+        noise = self._noise().to(device=x.device)
         noised = noise_to(reference, noise, sigma, self.kind).to(x.dtype)
-        return pin(x, noised, self.foreground, objects, background)  # type: ignore[arg-type]
+        return pin(x, noised, foreground, objects, background)
 
     def record(self) -> GuidanceRecord | None:
         if self.reference is None or self.noise is None:
             return None
-        return GuidanceRecord(self.kind, self.reference.cpu(), self.noise.cpu(), self.foreground.cpu(),
-                              tuple(self.levels))
+        _, reference, foreground = self._guide()
+        return GuidanceRecord(self.kind, reference.cpu(), self.noise.cpu(), foreground.cpu(), tuple(self.levels))
 
 
 @contextmanager
@@ -240,7 +255,7 @@ def _override(target: object, name: str, make: Callable[[Callable], Callable]) -
 
 
 def _execution_device(model: VideoModel) -> torch.device:
-    return torch.device(model.pipeline._execution_device)  # type: ignore[attr-defined]
+    return torch.device(model.pipeline._execution_device)
 
 
 def encode_reference(model: VideoModel, video: torch.Tensor) -> torch.Tensor:
@@ -253,7 +268,7 @@ def encode_reference(model: VideoModel, video: torch.Tensor) -> torch.Tensor:
     """
     from diffusers.utils.torch_utils import get_module_execution_device
 
-    device = get_module_execution_device(model.pipeline.vae)  # type: ignore[attr-defined]
+    device = get_module_execution_device(model.pipeline.vae)
     with torch.no_grad():
         latents = model.family.encode_reference(model.pipeline, video, device)
     return latents.to(_execution_device(model))
@@ -274,7 +289,7 @@ def guidance_inputs(model: VideoModel, image: torch.Tensor, trajectory: Trajecto
     del source
     reference = encode_reference(model, video)
     del video
-    geometry = geometry_for(model.denoisers[0], model.pipeline.vae)  # type: ignore[attr-defined]
+    geometry = geometry_for(model.denoisers[0], model.pipeline.vae)
     foreground = labels_foreground(fit_labels(trajectory.labels, plan), trajectory.objects.ids, geometry,
                                    plan.num_frames, plan.height, plan.width, trajectory.depth_order)
     return reference, foreground
@@ -283,7 +298,7 @@ def guidance_inputs(model: VideoModel, image: torch.Tensor, trajectory: Trajecto
 def attention_plan(model: VideoModel, trajectory: Trajectory, plan: FramePlan, local: tuple[torch.Tensor, ...],
                    masking: MaskedAttention) -> MaskedAttentionPlan:
     """The masked-attention plan of one generation: the trajectory on the model's token grid, the local prompts."""
-    geometry = geometry_for(model.denoisers[0], model.pipeline.vae)  # type: ignore[attr-defined]
+    geometry = geometry_for(model.denoisers[0], model.pipeline.vae)
     grid = token_grid_from_labels(fit_labels(trajectory.labels, plan), trajectory.objects.ids, geometry,
                                   plan.num_frames, plan.height, plan.width, trajectory.depth_order)
     return MaskedAttentionPlan(grid, local, masking)
@@ -372,11 +387,11 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
     reference = foreground = None
     if guiding:
         reference, foreground = guidance_inputs(model, image, trajectory, plan, settings.feather)
-    switches: list[object] = []  # the masked-attention state, once installed
+    switches: list[MaskedAttentionState] = []  # the masked-attention state, once installed
 
     def attention_window(step: int, total: int) -> None:
         for state in switches:
-            state.enabled = step in masking.steps(total)  # type: ignore[attr-defined]
+            state.enabled = step in masking.steps(total)
 
     clock = _DualClockRun(model.pipeline, family, settings.guidance, reference, foreground, progress,
                           attention_window)
@@ -403,7 +418,7 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
         torch.manual_seed(sampling.seed)
         logger.info("Stage 2 (%s): %dx%d, %d frames, %d steps, cfg %g, seed %d, %d objects", variant.label,
                     plan.width, plan.height, plan.num_frames, steps, cfg, sampling.seed, len(prompts.objects))
-        output = model.pipeline(**kwargs)  # type: ignore[operator]
+        output = model.pipeline(**kwargs)
         if masked:
             calls = dict(state.calls)
     frames = rearrange(output.frames[0].to(torch.float32), "f c h w -> f h w c").cpu().clamp(0.0, 1.0).contiguous()

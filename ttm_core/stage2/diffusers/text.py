@@ -55,7 +55,7 @@ class EncodedPrompts:
 
 def token_count(model: VideoModel, text: str) -> int:
     """Tokens the model's tokenizer makes of ``text``, special tokens included."""
-    tokenizer = model.pipeline.tokenizer  # type: ignore[attr-defined]
+    tokenizer = model.pipeline.tokenizer
     return len(tokenizer(model.family.clean_prompt(text), add_special_tokens=True).input_ids)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from ...errors import TTMInputError
+from ...types import PretrainedModel
 from ..attention.grids import VideoGeometry
 from .base import ANY_FRAMES, CAUSAL_4K1, Family, ModelIndex, Site, Variant
 from .cogvideox import COGVIDEOX, COGVIDEOX_10, COGVIDEOX_15
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-def family_of(model: nn.Module) -> Family:
+def family_of(model: PretrainedModel) -> Family:
     """The adapter of a supported diffusers denoiser (recognised by class name)."""
     for family in FAMILIES:
         if family.handles(model):
@@ -48,17 +49,17 @@ def family_of_variant(variant: Variant) -> Family:
     raise KeyError(variant.key)
 
 
-def geometry_for(model: nn.Module, vae: nn.Module | None = None) -> VideoGeometry:
+def geometry_for(model: PretrainedModel, vae: PretrainedModel | None = None) -> VideoGeometry:
     """The token geometry of a loaded denoiser (and its VAE, when given)."""
     return family_of(model).geometry(model, vae)
 
 
-def sites(model: nn.Module) -> list[Site]:
+def sites(model: PretrainedModel) -> list[Site]:
     """The denoiser's masked-attention sites from the input side."""
     return family_of(model).sites(model)
 
 
-def default_num_blocks(model: nn.Module) -> int:
+def default_num_blocks(model: PretrainedModel) -> int:
     """The paper's K for this denoiser: DiTs 10 of 40 (a quarter, at least 1); UNets the encoder's spatial blocks."""
     return family_of(model).default_num_blocks(model)
 

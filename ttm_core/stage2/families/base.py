@@ -22,12 +22,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ...errors import TTMInputError
+from ...types import PretrainedModel
 from ..attention.grids import VideoGeometry
 
 logger = logging.getLogger(__name__)
@@ -143,37 +144,37 @@ class Family:
     denoiser_classes: tuple[str, ...] = ()
     variants: tuple[Variant, ...] = ()
     pipeline_classes: tuple[str, ...] = ()
-    unsupported: dict[str, str] = {}
+    unsupported: ClassVar[dict[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def handles(self, model: nn.Module) -> bool:
+    def handles(self, model: PretrainedModel) -> bool:
         """Whether ``model`` is one of this family's denoisers (by class name, subclasses included)."""
         return any(cls.__name__ in self.denoiser_classes for cls in type(model).__mro__)
 
     # -------------------------------------------------------------- masked attention on a denoiser
-    def geometry(self, model: nn.Module, vae: nn.Module | None = None) -> VideoGeometry:
+    def geometry(self, model: PretrainedModel, vae: PretrainedModel | None = None) -> VideoGeometry:
         """The token geometry of a loaded model (from its config, and the VAE's when given)."""
         raise NotImplementedError
 
-    def sites(self, model: nn.Module) -> list[Site]:
+    def sites(self, model: PretrainedModel) -> list[Site]:
         """The model's masked-attention sites from the input side."""
         raise NotImplementedError
 
-    def default_num_blocks(self, model: nn.Module) -> int:
+    def default_num_blocks(self, model: PretrainedModel) -> int:
         """K when none is given. DiTs: a quarter of the blocks, at least one (the paper's 10 of 40)."""
         return max(1, round(len(self.sites(model)) / 4))
 
-    def local_prompt_width(self, model: nn.Module) -> int | None:
+    def local_prompt_width(self, model: PretrainedModel) -> int | None:
         """Width D of the encoder states a local prompt must have (None: the model takes no prompt)."""
         raise NotImplementedError
 
-    def local_context_projector(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def local_context_projector(self, model: PretrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
         """The model's own map from text-encoder states to what its attention layers read."""
         raise NotImplementedError
 
-    def layer_context_width(self, model: nn.Module, dim: int) -> int | None:
+    def layer_context_width(self, model: PretrainedModel, dim: int) -> int | None:
         """Width of the context a new masked cross-attention layer reads (None: no such layer)."""
         raise NotImplementedError
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from einops import rearrange
 from torch import nn
 
+from ...types import PretrainedModel
 from ..attention.grids import VideoGeometry
 from ..attention.kernels import partitioned_attention, sdpa
 from ..attention.processors import MaskedProcessor, rows_only, selects_no_row
@@ -58,7 +59,7 @@ class CogVideoXJointProcessor(MaskedProcessor):
     l's tokens inside l's box.
     """
 
-    def __init__(self, name: str, state: MaskedAttentionState, original: Any, block: nn.Module,
+    def __init__(self, name: str, state: MaskedAttentionState, original: Any, block: PretrainedModel,
                  layers: MaskedBlockLayers | None = None, local: LocalContext | None = None) -> None:
         super().__init__(name, state, original, layers, local)
         self.block = block
@@ -69,13 +70,13 @@ class CogVideoXJointProcessor(MaskedProcessor):
         self.temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
 
     def _local_tokens(self, batch: int, like: torch.Tensor) -> torch.Tensor:
-        local = self.local.get(like.device, like.dtype)[None].expand(batch, -1, -1)
+        local = self.local_context.get(like.device, like.dtype)[None].expand(batch, -1, -1)
         if self.temb is None:
             raise RuntimeError("CogVideoX masked cross-attention needs the block's temb (pre-hook not installed)")
         _, modulated, _, _ = self.block.norm1(local, local, self.temb)
         return modulated
 
-    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+    def __call__(self, attn: PretrainedModel, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  attention_mask: torch.Tensor | None = None,
                  image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None):
         a, b = self.state.self_strength, self.state.cross_strength
@@ -93,16 +94,16 @@ class CogVideoXJointProcessor(MaskedProcessor):
             video, text = self.original(attn, hidden_states, encoder_hidden_states, None, image_rotary_emb)
             extra = torch.zeros_like(video)
             if a:
-                layer = self.layers.masked_self
+                layer = self.masked_self_layer
                 rope = (lambda t: _cog_rope(t, image_rotary_emb)) if image_rotary_emb is not None else None
                 plan = self.state.video_self_plan(num_video)
                 extra = extra + a * layer(self._layer_input(layer, hidden_states), plan, rope,
                                           self.state.backend).to(video.dtype)
             if b:
-                layer = self.layers.masked_cross
-                x = self._layer_input(layer, hidden_states)
-                context = self.local.get(x.device, x.dtype)[None].expand(batch, -1, -1)
-                cross = layer(x, context, self.state.local_plan(num_video), self.state.backend).to(video.dtype)
+                cross_layer = self.masked_cross_layer
+                x = self._layer_input(cross_layer, hidden_states)
+                context = self.local_context.get(x.device, x.dtype)[None].expand(batch, -1, -1)
+                cross = cross_layer(x, context, self.state.local_plan(num_video), self.state.backend).to(video.dtype)
                 if rows is not None:
                     cross = rows_only(cross, rows)
                 extra = extra + b * cross
@@ -143,6 +144,8 @@ class CogVideoXJointProcessor(MaskedProcessor):
                     del keys, values
                 part = part if weight == 1.0 else part * weight
                 total = part if total is None else total + part
+            if total is None:  # the corner weights sum to 1, so one of them is above 0
+                raise RuntimeError(f"no attention corner has a weight at strengths {a} and {b}")
             return total
 
         if rows is None:
@@ -164,7 +167,8 @@ class CogVideoXJointProcessor(MaskedProcessor):
 def _cog_rope(x: torch.Tensor, image_rotary_emb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     from diffusers.models.embeddings import apply_rotary_emb
 
-    return apply_rotary_emb(x, image_rotary_emb)
+    # diffusers annotates (cos, sin) as tuple[Tensor] and the result as a tuple; it returns one tensor
+    return apply_rotary_emb(x, image_rotary_emb)  # type: ignore[arg-type, return-value]
 
 
 class CogVideoXFamily(Family):
@@ -177,32 +181,32 @@ class CogVideoXFamily(Family):
                 CAUSAL_4K1, 5, (768, 1360), False, 81, 50, 6.0, 16.0, "T5-XXL"),
     )
     pipeline_classes = ("CogVideoXImageToVideoPipeline",)
-    unsupported = {
+    unsupported: ClassVar[dict[str, str]] = {
         "CogVideoXPipeline": "a text-to-video CogVideoX; Stage 2 animates an image, so use CogVideoX-5b-I2V or "
                              "CogVideoX1.5-5B-I2V",
         "CogVideoXVideoToVideoPipeline": "CogVideoX video-to-video; use the I2V model (CogVideoX-5b-I2V)",
     }
 
     # -------------------------------------------------------------- masked attention on a denoiser
-    def geometry(self, model: nn.Module, vae: nn.Module | None = None) -> VideoGeometry:
+    def geometry(self, model: PretrainedModel, vae: PretrainedModel | None = None) -> VideoGeometry:
         config = model.config
         p, pt = config.patch_size, config.patch_size_t
         base = COGVIDEOX_10 if pt is None else COGVIDEOX_15
         return VideoGeometry(base.name, config.temporal_compression_ratio, True, 8, (pt or 1, p, p),
                              pad_front=pt is not None)
 
-    def sites(self, model: nn.Module) -> list[Site]:
+    def sites(self, model: PretrainedModel) -> list[Site]:
         return [Site(i, f"transformer_blocks.{i}", f"transformer_blocks.{i}.attn1", None)
                 for i in range(len(model.transformer_blocks))]
 
-    def local_prompt_width(self, model: nn.Module) -> int | None:
+    def local_prompt_width(self, model: PretrainedModel) -> int | None:
         return int(model.config.text_embed_dim)
 
-    def local_context_projector(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def local_context_projector(self, model: PretrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
         """``patch_embed.text_proj`` (before the per-block modulation)."""
         return model.patch_embed.text_proj
 
-    def layer_context_width(self, model: nn.Module, dim: int) -> int | None:
+    def layer_context_width(self, model: PretrainedModel, dim: int) -> int | None:
         return dim  # local prompts reach the new layers through the model's own text projection
 
     def site_processors(self, name: str, site: Site, modules: dict[str, nn.Module], saved: dict[str, Any],

@@ -21,13 +21,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from einops import rearrange
 from torch import nn
 
 from ...errors import TTMInputError
+from ...types import PretrainedModel
 from ..attention.grids import VideoGeometry
 from ..attention.kernels import partitioned_attention, sdpa
 from ..attention.processors import MaskedProcessor, note_delegated, rows_only, selects_no_row
@@ -45,7 +46,7 @@ _UNET_SITE = re.compile(r"^(down_blocks\.(\d+)|mid_block|up_blocks\.(\d+))"
                         r"\.attentions\.(\d+)\.transformer_blocks\.(\d+)$")
 
 
-def _unet_supported(attn: nn.Module, hidden_states: torch.Tensor) -> str | None:
+def _unet_supported(attn: PretrainedModel, hidden_states: torch.Tensor) -> str | None:
     """Why diffusers' AttnProcessor2_0 features outside BasicTransformerBlock rule us out, or None."""
     if hidden_states.ndim != 3:
         return "4-D hidden states"
@@ -54,7 +55,7 @@ def _unet_supported(attn: nn.Module, hidden_states: torch.Tensor) -> str | None:
     return None
 
 
-def _unet_out(attn: nn.Module, out: torch.Tensor, frames: int, like: torch.Tensor) -> torch.Tensor:
+def _unet_out(attn: PretrainedModel, out: torch.Tensor, frames: int, like: torch.Tensor) -> torch.Tensor:
     """``[B, H, F * n, D]`` -> ``[(B F), n, C]`` through to_out (AttnProcessor2_0's tail)."""
     hidden = rearrange(out, "b h (f n) d -> (b f) n (h d)", f=frames).to(like.dtype)
     hidden = attn.to_out[1](attn.to_out[0](hidden))
@@ -71,9 +72,9 @@ def _unet_frames(state: MaskedAttentionState, hidden_states: torch.Tensor) -> tu
 class UNetSelfProcessor(MaskedProcessor):
     """UNet spatial ``attn1``: per-frame self-attention + masked self-attention (same frame, same object)."""
 
-    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, attn: PretrainedModel, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 temb: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         strength = self.state.self_strength
         why = _unet_supported(attn, hidden_states) if strength else None
         if strength == 0.0 or why or encoder_hidden_states is not None or attention_mask is not None:
@@ -81,12 +82,12 @@ class UNetSelfProcessor(MaskedProcessor):
                 note_delegated(self.name, why)
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         self.state.calls[self.name] += 1
-        batch, frames = _unet_frames(self.state, hidden_states)
+        _, frames = _unet_frames(self.state, hidden_states)
         tokens = hidden_states.shape[1]
         plan = self.state.unet_self_plan(tokens)
         if self.new_layers:
             stock = self.original(attn, hidden_states, None, None, temb, *args, **kwargs)
-            layer = self.layers.masked_self
+            layer = self.masked_self_layer
             x = rearrange(self._layer_input(layer, hidden_states), "(b f) n c -> b (f n) c", f=frames)
             extra = rearrange(layer(x, plan, None, self.state.backend), "b (f n) c -> (b f) n c", f=frames)
             return stock + strength * extra.to(stock.dtype)
@@ -105,15 +106,16 @@ class UNetSelfProcessor(MaskedProcessor):
 class UNetCrossProcessor(MaskedProcessor):
     """I2VGen-XL spatial ``attn2``: context cross-attention + masked cross-attention over local prompts."""
 
-    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(self, attn: PretrainedModel, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 temb: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         strength = self.state.cross_strength
         why = _unet_supported(attn, hidden_states) if strength else None
         rows = None
         if strength and not why:
             rows = self.state.cross_row_index(_unet_frames(self.state, hidden_states)[0], hidden_states.device)
-        if strength == 0.0 or why or encoder_hidden_states is None or attention_mask is not None or selects_no_row(rows):
+        if (strength == 0.0 or why or encoder_hidden_states is None or attention_mask is not None
+                or selects_no_row(rows)):
             if why:
                 note_delegated(self.name, why)
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
@@ -122,9 +124,9 @@ class UNetCrossProcessor(MaskedProcessor):
         tokens = hidden_states.shape[1]
         if self.new_layers:
             stock = self.original(attn, hidden_states, encoder_hidden_states, None, temb, *args, **kwargs)
-            layer = self.layers.masked_cross
+            layer = self.masked_cross_layer
             x = rearrange(self._layer_input(layer, hidden_states), "(b f) n c -> b (f n) c", f=frames)
-            context = self.local.get(x.device, x.dtype)[None].expand(batch, -1, -1)
+            context = self.local_context.get(x.device, x.dtype)[None].expand(batch, -1, -1)
             extra = layer(x, context, self.state.unet_local_plan(tokens), self.state.backend)
             if rows is not None:
                 extra = rows_only(extra, rows)
@@ -132,7 +134,7 @@ class UNetCrossProcessor(MaskedProcessor):
         context = encoder_hidden_states
         if attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
-        local = self.local.get(hidden_states.device, hidden_states.dtype)
+        local = self.local_context.get(hidden_states.device, hidden_states.dtype)
         local = local[None].expand(context.shape[0], -1, -1)
         joint = torch.cat([context, local], dim=1)  # per frame: [context ; local prompts]
         q = rearrange(attn.to_q(hidden_states), "bf n (h d) -> bf h n d", h=attn.heads)
@@ -163,13 +165,13 @@ class _UNetFamily(Family):
     base_geometry: VideoGeometry = I2VGEN_XL
     cross_attention = False
 
-    def geometry(self, model: nn.Module, vae: nn.Module | None = None) -> VideoGeometry:
+    def geometry(self, model: PretrainedModel, vae: PretrainedModel | None = None) -> VideoGeometry:
         spatial = 8
         if vae is not None and hasattr(vae.config, "block_out_channels"):
             spatial = 2 ** (len(vae.config.block_out_channels) - 1)
         return VideoGeometry(self.base_geometry.name, 1, False, spatial, multi_level=True)
 
-    def sites(self, model: nn.Module) -> list[Site]:
+    def sites(self, model: PretrainedModel) -> list[Site]:
         found = []
         for name, _ in model.named_modules():
             match = _UNET_SITE.match(name)
@@ -182,7 +184,7 @@ class _UNetFamily(Family):
         return [Site(i, name, f"{name}.attn1", f"{name}.attn2" if self.cross_attention else None)
                 for i, (_, name) in enumerate(found)]
 
-    def default_num_blocks(self, model: nn.Module) -> int:
+    def default_num_blocks(self, model: PretrainedModel) -> int:
         """The encoder's spatial blocks (the paper's K = 6)."""
         return sum(1 for s in self.sites(model) if s.block.startswith("down_blocks."))
 
@@ -211,14 +213,14 @@ class I2VGenXLFamily(_UNetFamily):
                         ANY_FRAMES, 2, (704, 1280), False, 16, 50, 9.0, 16.0, "OpenCLIP ViT-H"),)
     pipeline_classes = ("I2VGenXLPipeline",)
 
-    def local_prompt_width(self, model: nn.Module) -> int | None:
+    def local_prompt_width(self, model: PretrainedModel) -> int | None:
         return int(model.config.cross_attention_dim)
 
-    def local_context_projector(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def local_context_projector(self, model: PretrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
         """Identity: its cross-attention reads CLIP states directly."""
         return lambda x: x
 
-    def layer_context_width(self, model: nn.Module, dim: int) -> int | None:
+    def layer_context_width(self, model: PretrainedModel, dim: int) -> int | None:
         return self.local_prompt_width(model)  # raw encoder states
 
     def detect(self, index: ModelIndex, refuse: Callable[[str], Exception]) -> Variant:
@@ -252,18 +254,18 @@ class SVDFamily(_UNetFamily):
     name = "svd"
     denoiser_classes = ("UNetSpatioTemporalConditionModel",)
     base_geometry = SVD
-    unsupported = {"StableVideoDiffusionPipeline": "Stable Video Diffusion, which takes no text prompt, so the "
-                                                   "per-object prompts of Through-The-Mask cannot apply; use "
-                                                   "I2VGen-XL as the UNet model"}
+    unsupported: ClassVar[dict[str, str]] = {
+        "StableVideoDiffusionPipeline": "Stable Video Diffusion, which takes no text prompt, so the per-object "
+                                        "prompts of Through-The-Mask cannot apply; use I2VGen-XL as the UNet model"}
 
-    def local_prompt_width(self, model: nn.Module) -> int | None:
+    def local_prompt_width(self, model: PretrainedModel) -> int | None:
         return None
 
-    def local_context_projector(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def local_context_projector(self, model: PretrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
         raise TTMInputError("local_prompts", "Stable Video Diffusion takes no prompt, so it has no local prompts",
                             "use masked self-attention only (no local prompts) with Stable Video Diffusion")
 
-    def layer_context_width(self, model: nn.Module, dim: int) -> int | None:
+    def layer_context_width(self, model: PretrainedModel, dim: int) -> int | None:
         return None  # no prompt, no masked cross-attention layer
 
 

@@ -22,12 +22,13 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from einops import rearrange
 from torch import nn
 
+from ...types import PretrainedModel
 from ..attention.grids import VideoGeometry
 from ..attention.kernels import partitioned_attention, sdpa
 from ..attention.processors import MaskedProcessor, note_delegated, rows_only, selects_no_row
@@ -44,7 +45,7 @@ WAN_TEXT_TOKENS = 512
 the pipelines pad every prompt to it."""
 
 
-def _wan_projections(attn: nn.Module, x: torch.Tensor, context: torch.Tensor | None = None):
+def _wan_projections(attn: PretrainedModel, x: torch.Tensor, context: torch.Tensor | None = None):
     """q, k, v as diffusers' Wan processor makes them (fused projections included)."""
     if context is None:
         context = x
@@ -74,7 +75,7 @@ def _wan_rope_bhnd(rotary_emb: tuple[torch.Tensor, torch.Tensor]):
     return apply
 
 
-def _wan_out(attn: nn.Module, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _wan_out(attn: PretrainedModel, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``[B, H, N, D]`` attention output -> the block's channels through to_out."""
     hidden = rearrange(out, "b h n d -> b n (h d)").type_as(like)
     return attn.to_out[1](attn.to_out[0](hidden))
@@ -83,8 +84,8 @@ def _wan_out(attn: nn.Module, out: torch.Tensor, like: torch.Tensor) -> torch.Te
 class WanSelfProcessor(MaskedProcessor):
     """Wan ``attn1``: self-attention + masked self-attention (RoPE kept, all frames)."""
 
-    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None,
+    def __call__(self, attn: PretrainedModel, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         strength = self.state.self_strength
         if strength == 0.0 or encoder_hidden_states is not None or attention_mask is not None:
@@ -95,7 +96,7 @@ class WanSelfProcessor(MaskedProcessor):
         plan = self.state.video_self_plan(hidden_states.shape[1])
         if self.new_layers:
             stock = self.original(attn, hidden_states, None, None, rotary_emb)
-            layer = self.layers.masked_self
+            layer = self.masked_self_layer
             rope = _wan_rope_bhnd(rotary_emb) if rotary_emb is not None else None
             extra = layer(self._layer_input(layer, hidden_states), plan, rope, self.state.backend)
             return stock + strength * extra.to(stock.dtype)
@@ -113,8 +114,8 @@ class WanSelfProcessor(MaskedProcessor):
 class WanCrossProcessor(MaskedProcessor):
     """Wan ``attn2``: text (+ image) cross-attention + masked cross-attention over local prompts."""
 
-    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None,
+    def __call__(self, attn: PretrainedModel, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         strength = self.state.cross_strength
         batch, num_tokens = hidden_states.shape[:2]
@@ -124,9 +125,9 @@ class WanCrossProcessor(MaskedProcessor):
         self.state.calls[self.name] += 1
         if self.new_layers:
             stock = self.original(attn, hidden_states, encoder_hidden_states, None, rotary_emb)
-            layer = self.layers.masked_cross
+            layer = self.masked_cross_layer
             x = self._layer_input(layer, hidden_states)
-            context = self.local.get(x.device, x.dtype)[None].expand(batch, -1, -1)
+            context = self.local_context.get(x.device, x.dtype)[None].expand(batch, -1, -1)
             extra = layer(x, context, self.state.local_plan(num_tokens), self.state.backend).to(stock.dtype)
             if rows is not None:
                 extra = rows_only(extra, rows)
@@ -141,7 +142,7 @@ class WanCrossProcessor(MaskedProcessor):
             text_context = encoder_hidden_states[:, image_len:]
         query, key, value = _wan_projections(attn, hidden_states, text_context)
         query, key = attn.norm_q(query), attn.norm_k(key)
-        local_key, local_value = _wan_kv(attn, self.local.get(hidden_states.device, hidden_states.dtype)[None])
+        local_key, local_value = _wan_kv(attn, self.local_context.get(hidden_states.device, hidden_states.dtype)[None])
         local_key = attn.norm_k(local_key)
         q = rearrange(query, "b n (h d) -> b h n d", h=attn.heads)
         k = rearrange(key, "b m (h d) -> b h m d", h=attn.heads)
@@ -149,12 +150,13 @@ class WanCrossProcessor(MaskedProcessor):
         k_local = rearrange(local_key, "1 m (h d) -> 1 h m d", h=attn.heads).expand(batch, -1, -1, -1)
         v_local = rearrange(local_value, "1 m (h d) -> 1 h m d", h=attn.heads).expand(batch, -1, -1, -1)
         plan = self.state.video_cross_plan(num_tokens, k.shape[2])
-        stock = sdpa(q, k, v) if (strength < 1.0 or rows is not None) else None
         if rows is None:
+            stock = sdpa(q, k, v) if strength < 1.0 else None
             masked = partitioned_attention(q, torch.cat([k, k_local], 2), torch.cat([v, v_local], 2), plan,
                                            backend=self.state.backend)
             out = blend(stock, masked, strength)
         else:
+            stock = sdpa(q, k, v)
             pick = lambda t: t.index_select(0, rows)  # noqa: E731
             masked = partitioned_attention(pick(q), torch.cat([pick(k), pick(k_local)], 2),
                                            torch.cat([pick(v), pick(v_local)], 2), plan, backend=self.state.backend)
@@ -167,14 +169,14 @@ class WanCrossProcessor(MaskedProcessor):
         return _wan_out(attn, out, query)
 
 
-def _wan_kv(attn: nn.Module, context: torch.Tensor):
+def _wan_kv(attn: PretrainedModel, context: torch.Tensor):
     """Text-branch k, v of ``context`` (fused or not), as diffusers' Wan processor makes them."""
     if getattr(attn, "fused_projections", False):
         return attn.to_kv(context).chunk(2, dim=-1)
     return attn.to_k(context), attn.to_v(context)
 
 
-def _wan_image_kv(attn: nn.Module, image_context: torch.Tensor):
+def _wan_image_kv(attn: PretrainedModel, image_context: torch.Tensor):
     if getattr(attn, "fused_projections", False):
         return attn.to_added_kv(image_context).chunk(2, dim=-1)
     return attn.add_k_proj(image_context), attn.add_v_proj(image_context)
@@ -192,11 +194,12 @@ class WanFamily(Family):
                 CAUSAL_4K1, 5, (704, 1280), False, 121, 50, 5.0, 24.0, "umT5-XXL"),
     )
     pipeline_classes = ("WanImageToVideoPipeline", "WanPipeline")
-    unsupported = {"WanPipeline": "a text-to-video Wan (T2V); use an I2V model such as Wan2.1-I2V-14B-480P-Diffusers, "
-                                  "Wan2.2-I2V-A14B-Diffusers or Wan2.2-TI2V-5B-Diffusers"}
+    unsupported: ClassVar[dict[str, str]] = {
+        "WanPipeline": "a text-to-video Wan (T2V); use an I2V model such as Wan2.1-I2V-14B-480P-Diffusers, "
+                       "Wan2.2-I2V-A14B-Diffusers or Wan2.2-TI2V-5B-Diffusers"}
 
     # -------------------------------------------------------------- masked attention on a denoiser
-    def geometry(self, model: nn.Module, vae: nn.Module | None = None) -> VideoGeometry:
+    def geometry(self, model: PretrainedModel, vae: PretrainedModel | None = None) -> VideoGeometry:
         """Without a VAE: 48 latent channels mean the Wan 2.2 TI2V VAE (16 px per latent pixel),
         anything else the 8 px Wan 2.1 VAE (Wan 2.1 and 2.2 A14B share it)."""
         config = model.config
@@ -207,17 +210,17 @@ class WanFamily(Family):
         base = WAN22_TI2V if spatial == 16 else WAN21_I2V
         return VideoGeometry(base.name, temporal or 4, True, int(spatial), tuple(config.patch_size))
 
-    def sites(self, model: nn.Module) -> list[Site]:
+    def sites(self, model: PretrainedModel) -> list[Site]:
         return [Site(i, f"blocks.{i}", f"blocks.{i}.attn1", f"blocks.{i}.attn2") for i in range(len(model.blocks))]
 
-    def local_prompt_width(self, model: nn.Module) -> int | None:
+    def local_prompt_width(self, model: PretrainedModel) -> int | None:
         return int(model.config.text_dim)
 
-    def local_context_projector(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def local_context_projector(self, model: PretrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
         """``condition_embedder.text_embedder``: what the global prompt goes through."""
         return model.condition_embedder.text_embedder
 
-    def layer_context_width(self, model: nn.Module, dim: int) -> int | None:
+    def layer_context_width(self, model: PretrainedModel, dim: int) -> int | None:
         return dim  # local prompts reach the new layers through the model's own text projection
 
     def site_processors(self, name: str, site: Site, modules: dict[str, nn.Module], saved: dict[str, Any],
