@@ -11,9 +11,8 @@ from attention_cases import local_prompts, make_case, one_thread, tiny_wan  # no
 from ttm_core.errors import TTMInputError
 from ttm_core.stage2.attention.grids import token_grid_from_labels
 from ttm_core.stage2.attention.install import masked_attention
-from ttm_core.stage2.attention.layers import MaskedLayers
 from ttm_core.stage2.attention.state import MaskedAttentionPlan
-from ttm_core.stage2.families import WAN22_TI2V, default_num_blocks, sites
+from ttm_core.stage2.families import WAN22_TI2V, default_num_blocks, masked_layers, sites
 from ttm_core.stage2.families.wan import WanCrossProcessor, WanSelfProcessor
 from ttm_core.stage2.settings import MaskedAttention
 
@@ -87,7 +86,7 @@ def test_both_experts_of_wan22_a14b() -> None:
     _assert_restored(high, saved[0])
     _assert_restored(low, saved[1])
     # new layers: one set per expert (each expert is trained separately)
-    layers = [MaskedLayers.for_model(high, 2), MaskedLayers.for_model(low, 2)]
+    layers = [masked_layers(high, 2), masked_layers(low, 2)]
     with masked_attention(pipe, _plan(case, num_blocks=2, mode="new_layers"), layers):
         with torch.no_grad():
             fresh = [case.run(m, case.latents) for m in (high, low)]

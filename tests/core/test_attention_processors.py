@@ -25,7 +25,7 @@ from ttm_core.stage2.attention.install import masked_attention
 from ttm_core.stage2.attention.kernels import naive_masked_attention
 from ttm_core.stage2.attention.layers import MaskedLayers
 from ttm_core.stage2.attention.state import MaskedAttentionPlan
-from ttm_core.stage2.families import sites
+from ttm_core.stage2.families import masked_layers, sites
 from ttm_core.stage2.settings import MaskedAttention
 
 FAMILIES = ["wan_i2v", "wan_ti2v", "cog10", "cog15", "i2vgen", "svd"]
@@ -89,7 +89,7 @@ def test_disabled_strength_zero_and_fresh_new_layers_are_exactly_stock(name: str
     assert diff(off, stock) == 0.0 and not calls
     zero, calls = run_masked(c, plan_for(c, 0.0, 0.0))
     assert diff(zero, stock) == 0.0 and not calls
-    layers = MaskedLayers.for_model(c.model, len(sites(c.model)))
+    layers = masked_layers(c.model, len(sites(c.model)))
     fresh, calls = run_masked(c, plan_for(c, mode="new_layers"), layers=layers)
     assert calls, "the new layers never ran"
     assert diff(fresh, stock) == 0.0  # zero-initialised output projections: an untrained model is unchanged
@@ -248,7 +248,7 @@ def test_a_local_prompt_acts_only_inside_its_objects_boxes(name: str, mode: str)
     changed = (prompts[0] + 2.0 * torch.randn_like(prompts[0]), prompts[1])
     layers = None
     if mode == "new_layers":
-        layers = MaskedLayers.for_model(c.model, len(sites(c.model)))
+        layers = masked_layers(c.model, len(sites(c.model)))
         with torch.no_grad():  # a "trained" checkpoint: non-zero output projections
             for p in layers.parameters():
                 p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -334,7 +334,7 @@ def test_cross_rows_limit_local_prompts_to_the_conditional_half(name: str) -> No
 def test_new_layers_have_their_own_state_dict_and_train() -> None:
     c = case("wan_i2v")
     k = len(sites(c.model))
-    layers = MaskedLayers.for_model(c.model, k)
+    layers = masked_layers(c.model, k)
     keys = set(layers.state_dict())
     assert "blocks.0.masked_self.to_q.weight" in keys and "blocks.0.masked_cross.to_out.weight" in keys
     assert all(key.startswith(tuple(f"blocks.{i}." for i in range(k))) for key in keys)
@@ -350,5 +350,5 @@ def test_new_layers_have_their_own_state_dict_and_train() -> None:
     assert layers.blocks[0].masked_self.to_out.weight.grad.abs().sum() > 0
     assert layers.blocks[0].masked_cross.to_out.weight.grad.abs().sum() > 0
     # a trained copy round-trips through its own state dict
-    clone = MaskedLayers.for_model(c.model, k)
+    clone = masked_layers(c.model, k)
     clone.load_state_dict(layers.state_dict())

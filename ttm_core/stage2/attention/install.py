@@ -65,7 +65,7 @@ def _installed(name: str, model: PretrainedModel, state: MaskedAttentionState,
     if new_layers:
         if layers is None:
             raise TTMInputError("layers", f"new-layers mode needs MaskedLayers for {name}",
-                                "build them with MaskedLayers.for_model(model, K) or load a trained checkpoint")
+                                "build them with families.masked_layers(model, K) or load a trained checkpoint")
         if layers.family != family.name or layers.num_blocks != k:
             raise TTMInputError("layers", f"the masked layers are for {layers.family} with K = {layers.num_blocks}, "
                                 f"the model is {family.name} with K = {k}", "use layers built for this model and K")

@@ -23,8 +23,6 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ...errors import TTMInputError
-from ..families import family_of
 from .kernels import grouped_self_attention, masked_cross_attention
 from .plan import Partition
 
@@ -115,7 +113,7 @@ class MaskedBlockLayers(nn.Module):
 class MaskedLayers(nn.Module):
     """New masked attention layers for the first K blocks of one model.
 
-    Build with ``MaskedLayers.for_model(model, num_blocks)``; save and load with the usual
+    Build with ``families.masked_layers(model, num_blocks)``; save and load with the usual
     ``state_dict()`` / ``load_state_dict()`` (keys ``blocks.<i>.masked_self.*`` and
     ``blocks.<i>.masked_cross.*``). Move it with the model: ``layers.to(device, dtype)``.
 
@@ -132,24 +130,3 @@ class MaskedLayers(nn.Module):
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
-
-    @classmethod
-    def for_model(cls, model: nn.Module, num_blocks: int) -> MaskedLayers:
-        """Zero-initialised layers sized for the first ``num_blocks`` sites of ``model``."""
-        family = family_of(model)
-        found = family.sites(model)
-        if not 0 < num_blocks <= len(found):
-            raise TTMInputError("masked_blocks", f"K = {num_blocks} but the model has {len(found)} blocks",
-                                f"use 1..{len(found)}")
-        modules = dict(model.named_modules())
-        blocks = []
-        for site in found[:num_blocks]:
-            attn = modules[site.self_attn]
-            dim = attn.to_q.in_features
-            heads = attn.heads
-            # Local prompts reach the layer through the model's own text projection (Wan, CogVideoX)
-            # or as raw encoder states (I2VGen-XL cross-attends to CLIP states directly); none without text.
-            context = family.layer_context_width(model, dim)
-            cross = MaskedCrossAttentionLayer(dim, context, heads) if context is not None else None
-            blocks.append(MaskedBlockLayers(MaskedSelfAttentionLayer(dim, heads), cross))
-        return cls(family.name, blocks)

@@ -13,6 +13,7 @@ from torch import nn
 from ...errors import TTMInputError
 from ...types import PretrainedModel
 from ..attention.grids import VideoGeometry
+from ..attention.layers import MaskedBlockLayers, MaskedCrossAttentionLayer, MaskedLayers, MaskedSelfAttentionLayer
 from .base import ANY_FRAMES, CAUSAL_4K1, Family, ModelIndex, Site, Variant
 from .cogvideox import COGVIDEOX, COGVIDEOX_10, COGVIDEOX_15
 from .unet import I2VGEN_XL, I2VGENXL, SVD, SVD_FAMILY
@@ -28,7 +29,7 @@ __all__ = [
     "ANY_FRAMES", "CAUSAL_4K1", "COGVIDEOX", "COGVIDEOX_10", "COGVIDEOX_15", "FAMILIES", "I2VGENXL", "I2VGEN_XL",
     "SUPPORTED_TEXT", "SVD", "SVD_FAMILY", "VARIANTS", "WAN", "WAN21_I2V", "WAN22_I2V_A14B", "WAN22_TI2V",
     "WAN_TEXT_TOKENS", "Family", "ModelIndex", "Site", "Variant", "default_num_blocks", "family_of",
-    "family_of_variant", "geometry_for", "models_of", "sites",
+    "family_of_variant", "geometry_for", "masked_layers", "models_of", "sites",
 ]
 
 
@@ -91,3 +92,24 @@ def models_of(target: object) -> list[tuple[str, nn.Module]]:
     for _, model in found:
         family_of(model)
     return found
+
+
+def masked_layers(model: PretrainedModel, num_blocks: int) -> MaskedLayers:
+    """New (zero-initialised) masked attention layers sized for the first ``num_blocks`` sites of ``model``."""
+    family = family_of(model)
+    found = family.sites(model)
+    if not 0 < num_blocks <= len(found):
+        raise TTMInputError("masked_blocks", f"K = {num_blocks} but the model has {len(found)} blocks",
+                            f"use 1..{len(found)}")
+    modules = dict(model.named_modules())
+    blocks = []
+    for site in found[:num_blocks]:
+        attn = modules[site.self_attn]
+        dim = attn.to_q.in_features
+        heads = attn.heads
+        # Local prompts reach the layer through the model's own text projection (Wan, CogVideoX)
+        # or as raw encoder states (I2VGen-XL cross-attends to CLIP states directly); none without text.
+        context = family.layer_context_width(model, dim)
+        cross = MaskedCrossAttentionLayer(dim, context, heads) if context is not None else None
+        blocks.append(MaskedBlockLayers(MaskedSelfAttentionLayer(dim, heads), cross))
+    return MaskedLayers(family.name, blocks)
