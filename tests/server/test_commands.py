@@ -39,6 +39,7 @@ COVERED: dict[str, str] = {
     r"make setup": "every make target here runs it first",
     r"make serve PORT=\d+": "test_make_serve_as_written_answers_and_stops_on_sigterm",
     r"make bench-(attention|stage2|native|encode)( OUT=\S+)?": "test_benchmark_targets_at_a_tiny_size",
+    r"python -m benchmarks <name> --help": "test_every_benchmark_says_its_options",
     r"ttm-batch --server \S+( --server \S+)* --workflow \S+ --jobs jobs\.jsonl --out renders/":
         "test_ttm_batch_as_in_the_readme",
     r"pip install \./batch": "tests/batch/test_packaging.py (a fresh venv)",
@@ -223,3 +224,11 @@ def test_installing_the_requirements_leaves_torch_alone() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     would = " ".join(line for line in result.stdout.splitlines() if line.startswith("Would install"))
     assert not re.search(r"\btorch(vision|audio)?-\d", would), would
+
+
+@pytest.mark.parametrize("name", ["attention", "stage2", "native", "encode"])
+def test_every_benchmark_says_its_options(name: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "benchmarks", name, "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"python -m benchmarks {name}" in result.stdout and "--" in result.stdout
