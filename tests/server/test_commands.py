@@ -110,7 +110,7 @@ def test_make_test_lints_then_runs_pytest() -> None:
 
 
 def test_make_test_fast_is_the_library_lane() -> None:
-    result = run_make("test-fast", "PYTEST_ARGS=--collect-only -q")
+    result = run_make("test-fast", "PYTEST_ARGS=--collect-only")  # with the target's own -q: one test id a line
     ids = [line for line in result.stdout.splitlines() if "::" in line]
     assert len(ids) > 300
     assert all(i.startswith("tests/core/") for i in ids), [i for i in ids if not i.startswith("tests/core/")][:5]
