@@ -37,14 +37,19 @@ def _parse_coverage(text: str) -> tuple[float, ...]:
     return tuple(float(p) for p in text.split(","))
 
 
+def _emit(table: str, report: dict, json_path: str | None) -> int:
+    """Print the table; write the whole report as JSON when asked."""
+    sys.stdout.write(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        sys.stdout.write(f"wrote {json_path}\n")
+    return 0
+
+
 def _attention_command(args: argparse.Namespace) -> int:
     report = run_attention_benchmark(args.grid or DEFAULT_GRIDS, args.coverage or DEFAULT_COVERAGES, args.rounds,
                                      args.threads, memory=not args.no_memory)
-    sys.stdout.write(format_table(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        sys.stdout.write(f"wrote {args.json}\n")
-    return 0
+    return _emit(format_table(report), report, args.json)
 
 
 def _stage2_command(args: argparse.Namespace) -> int:
@@ -53,11 +58,7 @@ def _stage2_command(args: argparse.Namespace) -> int:
     case = Stage2Case(height=args.size, width=args.size, frames=args.frames, layers=args.layers)
     report = run_stage2_benchmark(case, args.rounds, args.pipeline_rounds, args.threads, memory=not args.no_memory,
                                   pipeline=not args.no_pipeline)
-    sys.stdout.write(format_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        sys.stdout.write(f"wrote {args.json}\n")
-    return 0
+    return _emit(format_report(report), report, args.json)
 
 
 def _stage2_memory_command(_: argparse.Namespace) -> int:
