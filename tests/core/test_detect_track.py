@@ -1,19 +1,12 @@
-"""Detector assignment by position, automatic-mode selection, and SAM2 video tracking in memory."""
+"""Detector assignment by position and automatic-mode selection (tracking: test_track.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from tiny_models import TinyModels
-from ttm_core.errors import TTMInputError
 from ttm_core.segment.detect import assign_by_position, non_max_suppression, plan_queries, split_position
 from ttm_core.segment.first_frame import choose_distinct
-from ttm_core.segment.sam2 import load_sam2
-from ttm_core.segment.track import frames_state, track_objects
-from ttm_core.types import ObjectPrompt, Objects, Prompts
 
 
 @pytest.mark.parametrize("name, query, position", [
@@ -63,77 +56,3 @@ def test_automatic_selection_takes_the_largest_distinct_masks_left_to_right() ->
     assert [c[2].nonzero()[:, 1].min().item() for c in chosen] == [0, 20]  # small_left then big_right
     assert chosen[1] is big_right and chosen[0] is small_left  # inside_big overlaps big_right: not distinct
     assert len(choose_distinct([big_right, inside_big], 2)) == 1
-
-
-# --------------------------------------------------------------------------- tracking
-
-@pytest.fixture(scope="module")
-def moving_squares() -> tuple[torch.Tensor, Objects]:
-    """8 frames [8, 96, 128, 3] of two squares moving apart, and their first-frame objects."""
-    frames = torch.full((8, 96, 128, 3), 0.1)
-    for t in range(8):
-        frames[t, 20:50, 10 + 4 * t:40 + 4 * t] = torch.tensor([1.0, 0.2, 0.2])
-        frames[t, 55:85, 80 - 3 * t:110 - 3 * t] = torch.tensor([0.2, 0.3, 1.0])
-    masks = torch.zeros(2, 96, 128)
-    masks[0, 20:50, 10:40] = 1
-    masks[1, 55:85, 80:110] = 1
-    prompts = Prompts("g", "m", (ObjectPrompt("red square", "a"), ObjectPrompt("blue square", "b")))
-    return frames, Objects(prompts, masks, ids=(3, 7))
-
-
-@pytest.mark.parametrize("backend", ["meta", "hf"])
-def test_tracks_two_objects_through_eight_frames(tiny_models: TinyModels, moving_squares, backend: str) -> None:
-    frames, objects = moving_squares
-    model = load_sam2(tiny_models.meta_small_image if backend == "meta" else tiny_models.hf_sam2, video=True)
-    seen: list[tuple[int, int]] = []
-    labels = track_objects(model, frames, objects, progress=lambda done, total: seen.append((done, total)))
-    assert labels.shape == (8, 96, 128) and labels.dtype == torch.uint8
-    assert seen == [(t, 8) for t in range(1, 9)]  # progress once per tracked frame
-    assert set(torch.unique(labels).tolist()) <= {0, 3, 7}  # only background and the objects' ids
-    first = torch.zeros(96, 128, dtype=torch.uint8)
-    first[objects.binary()[0]] = 3
-    first[objects.binary()[1]] = 7
-    agreement = (labels[0] == first).float().mean().item()
-    assert agreement > 0.99  # frame 0 is the given masks (SAM2 uses mask inputs as output)
-    assert all(bool((labels[t] > 0).any()) for t in range(8)) or backend == "meta"
-
-
-def test_cancel_stops_tracking_at_the_next_frame(tiny_models: TinyModels, moving_squares) -> None:
-    frames, objects = moving_squares
-    model = load_sam2(tiny_models.meta_small_image)
-    seen: list[int] = []
-
-    class Cancelled(Exception):
-        pass
-
-    def progress(done: int, total: int) -> None:
-        seen.append(done)
-        if done == 3:
-            raise Cancelled
-
-    with pytest.raises(Cancelled):
-        track_objects(model, frames, objects, progress=progress)
-    assert seen == [1, 2, 3]
-
-
-def test_in_memory_state_matches_sam2s_own_init_state(tiny_models: TinyModels, moving_squares, tmp_path) -> None:
-    """The adapter builds the same inference state as init_state on a JPEG folder of the frames."""
-    frames, _ = moving_squares
-    predictor = load_sam2(tiny_models.meta_small_image).video_model
-    for t, frame in enumerate(frames):
-        Image.fromarray((frame.numpy() * 255).round().astype(np.uint8)).save(tmp_path / f"{t:05d}.jpg", quality=100)
-    reference = predictor.init_state(str(tmp_path))
-    ours = frames_state(predictor, frames, torch.device("cpu"))
-    assert set(ours) == set(reference)
-    for key in ("num_frames", "video_height", "video_width", "device", "storage_device"):
-        assert ours[key] == reference[key], key
-    assert ours["images"].shape == reference["images"].shape == (8, 3, 256, 256)
-    assert (ours["images"] - reference["images"]).abs().mean() < 0.05  # JPEG and PIL resize vs bilinear
-
-
-def test_tracking_refuses_what_it_cannot_do(tiny_models: TinyModels, moving_squares) -> None:
-    frames, objects = moving_squares
-    with pytest.raises(TTMInputError, match="was loaded without its video model"):
-        track_objects(load_sam2(tiny_models.hf_sam2, video=False), frames, objects)
-    with pytest.raises(TTMInputError, match="frames: frames are 64x96 but the objects' masks are 128x96"):
-        track_objects(load_sam2(tiny_models.meta_small_image), frames[:, :, :64], objects)

@@ -135,6 +135,57 @@ def make_hf_sam2(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def make_hf_sam3(folder: Path, seed: int = 0) -> Path:
+    """Write a tiny SAM 3 folder in facebook/sam3's layout (``sam3_video``: detector + tracker in one
+    ``model.safetensors``, saved by transformers) with the tracker's processor files."""
+    from transformers import (
+        Sam2VideoVideoProcessor,
+        Sam3ImageProcessor,
+        Sam3TrackerVideoProcessor,
+        Sam3VideoConfig,
+        Sam3VideoModel,
+    )
+
+    torch.manual_seed(seed)
+    size, patch = 112, 14  # SAM 3's ViT patch is 14 px (1008 = 72 x 14 in facebook/sam3)
+    grid = size // patch
+    hidden = 128  # as for SAM 2: the tracker's memory is 64 channels and object pointers split into 64s
+    vision = {"model_type": "sam3_vision_model", "fpn_hidden_size": hidden,
+              "backbone_feature_sizes": [[4 * grid] * 2, [2 * grid] * 2, [grid] * 2],
+              "backbone_config": {"model_type": "sam3_vit_model", "hidden_size": 32, "intermediate_size": 64,
+                                  "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": size,
+                                  "patch_size": patch, "window_size": 4, "global_attn_indexes": [1],
+                                  "pretrain_image_size": 56}}
+    small = {"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    detector = {"model_type": "sam3", "vision_config": vision,
+                "text_config": {"model_type": "clip_text_model", "vocab_size": 100, "hidden_size": 32,
+                                "intermediate_size": 64, "projection_dim": 32, "num_hidden_layers": 1,
+                                "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": 0,
+                                "eos_token_id": 1, "pad_token_id": 1},
+                "geometry_encoder_config": small, "detr_encoder_config": small,
+                "detr_decoder_config": {**small, "num_queries": 8},
+                "mask_decoder_config": {"hidden_size": 32, "num_attention_heads": 2}}
+    tracker = {"model_type": "sam3_tracker_video", "vision_config": vision, "image_size": size,
+               "prompt_encoder_config": {"hidden_size": hidden, "image_size": size, "patch_size": patch},
+               "mask_decoder_config": {"hidden_size": hidden, "mlp_dim": 64, "num_attention_heads": 4,
+                                       "iou_head_hidden_dim": 32},
+               "memory_attention_hidden_size": hidden, "memory_attention_num_layers": 1,
+               "memory_attention_feed_forward_hidden_size": 64, "memory_encoder_hidden_size": hidden,
+               "memory_encoder_output_channels": 64, "mask_downsampler_embed_dim": hidden,
+               "memory_fuser_embed_dim": hidden, "memory_fuser_intermediate_dim": 64, "memory_fuser_num_layers": 1,
+               "memory_attention_rope_feat_sizes": [grid, grid], "num_maskmem": 2}
+    model = Sam3VideoModel(Sam3VideoConfig(detector_config=detector, tracker_config=tracker)).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    image_processor = Sam3ImageProcessor(size={"height": size, "width": size},
+                                         mask_size={"height": size // 4, "width": size // 4})
+    video_processor = Sam2VideoVideoProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3,
+                                              image_std=[0.5] * 3)
+    Sam3TrackerVideoProcessor(image_processor=image_processor, video_processor=video_processor,
+                              target_size=size).save_pretrained(str(folder))
+    return folder
+
+
 def make_grounding_dino(folder: Path, seed: int = 0) -> Path:
     """Write a tiny Grounding DINO folder (Swin backbone + BERT text encoder + processor)."""
     from transformers import (
@@ -217,6 +268,7 @@ class TinyModels:
     meta_safetensors: Path  # the same weights as .safetensors
     meta_small_image: Path  # models/sam2/<name>.pt + <name>.yaml (256 px, for fast tracking)
     hf_sam2: Path  # models/sam2/<folder>/ (sam2_video)
+    hf_sam3: Path  # models/sam3/<folder>/ (sam3_video, as facebook/sam3)
     detector: Path  # models/grounding-dino/<folder>/
     llm: Path  # models/LLM/<folder>/
 
@@ -230,6 +282,7 @@ class TinyModels:
             ("sam2", self.SHIPPED["sam2"]): self.meta_pt,
             ("sam2", self.meta_safetensors.name): self.meta_safetensors,
             ("sam2", self.hf_sam2.name): self.hf_sam2,
+            ("sam3", self.hf_sam3.name): self.hf_sam3,
             ("grounding-dino", self.SHIPPED["grounding-dino"]): self.detector,
             ("LLM", self.SHIPPED["LLM"]): self.llm,
         }
@@ -249,6 +302,7 @@ def build_tiny_models(root: Path) -> TinyModels:
         meta_safetensors=make_meta_sam2(sam2 / "ttm-tiny-sam2.1.safetensors"),
         meta_small_image=make_meta_sam2(sam2 / "ttm-tiny-256.pt", image_size=256),
         hf_sam2=make_hf_sam2(sam2 / "ttm-tiny-hf-sam2"),
+        hf_sam3=make_hf_sam3(root / "models" / "sam3" / "ttm-tiny-sam3"),
         detector=make_grounding_dino(root / "models" / "grounding-dino" / "ttm-tiny-grounding-dino"),
         llm=make_tiny_llm(root / "models" / "LLM" / "ttm-tiny-llm"),
     )
