@@ -35,6 +35,26 @@ def mask_centroids(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx, cy], dim=-1)
 
 
+def mask_radii(masks: torch.Tensor) -> torch.Tensor:
+    """How far each mask reaches from its centroid: the farthest pixel centre's distance plus half
+    a pixel (so one pixel has radius 0.5).
+
+    Args:
+        masks: bool or float ``[L, H, W]`` (thresholded at 0.5).
+    Returns:
+        float64 ``[L]`` in pixels; NaN for an empty mask.
+    """
+    centroids = mask_centroids(masks)
+    radii = torch.full((masks.shape[0],), float("nan"), dtype=torch.float64)
+    for i, mask in enumerate(masks > 0.5):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if xs.numel():
+            dx = xs.to(torch.float64) + 0.5 - centroids[i, 0]
+            dy = ys.to(torch.float64) + 0.5 - centroids[i, 1]
+            radii[i] = float(torch.hypot(dx, dy).max()) + 0.5
+    return radii
+
+
 def is_identity(affine: torch.Tensor, tol: float = 1e-9) -> torch.Tensor:
     """bool ``[...]``: which 2x3 affines (``[..., 2, 3]``) leave every point where it is."""
     return ((affine - IDENTITY.to(affine)).abs() <= tol).flatten(-2).all(-1)
