@@ -35,6 +35,26 @@ def mask_centroids(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx, cy], dim=-1)
 
 
+def mask_radii(masks: torch.Tensor) -> torch.Tensor:
+    """How far each mask reaches from its centroid: the farthest pixel centre's distance plus half
+    a pixel (so one pixel has radius 0.5).
+
+    Args:
+        masks: bool or float ``[L, H, W]`` (thresholded at 0.5).
+    Returns:
+        float64 ``[L]`` in pixels; NaN for an empty mask.
+    """
+    centroids = mask_centroids(masks)
+    radii = torch.full((masks.shape[0],), float("nan"), dtype=torch.float64)
+    for i, mask in enumerate(masks > 0.5):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if xs.numel():
+            dx = xs.to(torch.float64) + 0.5 - centroids[i, 0]
+            dy = ys.to(torch.float64) + 0.5 - centroids[i, 1]
+            radii[i] = float(torch.hypot(dx, dy).max()) + 0.5
+    return radii
+
+
 def is_identity(affine: torch.Tensor, tol: float = 1e-9) -> torch.Tensor:
     """bool ``[...]``: which 2x3 affines (``[..., 2, 3]``) leave every point where it is."""
     return ((affine - IDENTITY.to(affine)).abs() <= tol).flatten(-2).all(-1)
@@ -70,15 +90,69 @@ def _orientation(mask: torch.Tensor) -> tuple[float, float]:
     return math.degrees(angle), elongation
 
 
-def estimate_affines(trajectory: Trajectory, min_elongation: float = 0.2) -> torch.Tensor:
-    """Per-frame affines of each object estimated from the label video (mask moments).
+def poses_from_affines(affines: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Poses of affine maps: the inverse of ``pose_affines`` for similarity maps.
 
-    For trajectories that carry no transforms (generated or tracked). Translation follows
-    the centroid, scale the square root of the area ratio, rotation the principal axis
-    (only for shapes elongated enough to have one). An occluded object reads as smaller.
+    Args:
+        affines: float ``[T, L, 2, 3]`` maps from first-frame coordinates to each frame.
+        centroids: float ``[L, 2]`` first-frame centroids (x, y) in pixels.
+    Returns:
+        float64 ``[T, L, 4]`` (x, y, scale, rotation in degrees in (-180, 180], clockwise on
+        screen): where each centroid goes, and the scale and angle of the closest similarity
+        (exact for maps made by ``pose_affines``; shear or a reflection is averaged out).
+        NaN where an affine is NaN.
+    """
+    affines = affines.to(torch.float64)
+    linear = affines[..., :2]
+    xy = torch.einsum("tlij,lj->tli", linear, centroids.to(torch.float64)) + affines[..., 2]
+    # The similarity part of [[a, b], [c, d]] is s [[cos, -sin], [sin, cos]] with
+    # s cos = (a + d) / 2 and s sin = (c - b) / 2.
+    cos2 = linear[..., 0, 0] + linear[..., 1, 1]
+    sin2 = linear[..., 1, 0] - linear[..., 0, 1]
+    scale = torch.hypot(cos2, sin2) / 2.0
+    rotation = torch.rad2deg(torch.atan2(sin2, cos2))
+    return torch.cat([xy, scale[..., None], rotation[..., None]], dim=-1)
+
+
+def unwrap_rotation(rotation: torch.Tensor, period: float = 360.0) -> torch.Tensor:
+    """Angles made continuous over time: each frame's angle moves to the representative (mod
+    ``period``) nearest the previous frame's, so a turn through 180 degrees does not jump back.
+
+    Args:
+        rotation: float ``[T, ...]`` angles in degrees; NaN (absent) frames are skipped and kept.
+        period: 360 for full angles, 180 for principal axes (an axis has no head or tail).
+    Returns:
+        float64 ``[T, ...]``.
+    """
+    out = rotation.to(torch.float64).clone()
+    columns = out.reshape(out.shape[0], -1)
+    half = period / 2.0
+    for column in range(columns.shape[1]):
+        previous: float | None = None
+        for t in range(columns.shape[0]):
+            value = float(columns[t, column])
+            if math.isnan(value):
+                continue
+            if previous is not None:
+                value = previous + (value - previous + half) % period - half
+                columns[t, column] = value
+            previous = value
+    return columns.reshape(out.shape)
+
+
+def estimate_poses(trajectory: Trajectory, min_elongation: float = 0.2) -> torch.Tensor:
+    """Per-frame poses of each object estimated from the label video (mask moments).
+
+    For trajectories that carry no transforms (generated or tracked). The position is the
+    centroid of the object's pixels in the frame, the scale the square root of its area over
+    the first-frame mask's, the rotation the turn of its principal axis since the first frame
+    (only for shapes elongated enough to have one, else 0). An occluded object reads as smaller
+    and its centroid as the visible part's.
 
     Returns:
-        float64 ``[T, L, 2, 3]``; NaN where the object is absent from a frame.
+        float64 ``[T, L, 4]`` (x, y in pixels, scale, rotation in degrees in [-90, 90), clockwise
+        on screen; an axis turned by 180 degrees is the same axis, see ``unwrap_rotation``);
+        NaN where the object is absent from a frame.
     """
     objects = trajectory.objects
     source = objects.binary()
@@ -98,7 +172,17 @@ def estimate_affines(trajectory: Trajectory, min_elongation: float = 0.2) -> tor
                 rotation = (angle - source_angle[i][0] + 90.0) % 180.0 - 90.0
             scale = math.sqrt(area / float(source_area[i]))
             poses[t, i] = torch.tensor([centroids[i, 0], centroids[i, 1], scale, rotation], dtype=torch.float64)
-    affines = pose_affines(poses, mask_centroids(source))
+    return poses
+
+
+def estimate_affines(trajectory: Trajectory, min_elongation: float = 0.2) -> torch.Tensor:
+    """Per-frame affines of each object estimated from the label video (``estimate_poses``).
+
+    Returns:
+        float64 ``[T, L, 2, 3]``; NaN where the object is absent from a frame.
+    """
+    poses = estimate_poses(trajectory, min_elongation)
+    affines = pose_affines(poses, mask_centroids(trajectory.objects.binary()))
     # Snap near-identity estimates so that unmoved objects are copied, not resampled.
     affines[is_identity(torch.nan_to_num(affines, nan=2.0), tol=1e-6)] = IDENTITY
     return affines
