@@ -8,6 +8,7 @@ Subcommands:
     native      one sampling step of a random-weight native ComfyUI Wan, patched vs unpatched
                 (``benchmarks.native_wan``; ComfyUI's Python).
     encode      Video Combine's peak extra memory encoding a clip (``benchmarks.encode_memory``).
+    track-memory  tracking memory vs clip length, streamed vs all frames at once (``benchmarks.track_memory``).
 
 Every benchmark measures its variants side by side in one run and prints ratios; none asserts a time.
 """
@@ -79,7 +80,14 @@ def _encode(argv: list[str]) -> int:
     return encode_main(argv)
 
 
-_OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode}
+def _track_memory(argv: list[str]) -> int:
+    from benchmarks.track_memory import main as track_memory_main
+
+    return track_memory_main(argv)
+
+
+_OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode,
+                                                       "track-memory": _track_memory}
 """Subcommands that parse their own arguments (``python -m benchmarks native --help``)."""
 
 
@@ -120,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("_stage2_memory", help=argparse.SUPPRESS)
     sub.add_parser("native", help="native ComfyUI Wan: patched vs unpatched sampling step (own options)")
     sub.add_parser("encode", help="Video Combine: peak extra memory of encoding (own options)")
+    sub.add_parser("track-memory", help="tracking memory vs clip length: streamed vs at once (own options)")
     return parser
 
 

@@ -17,6 +17,7 @@ from .object_nodes import ObjectsFromMasks
 from .patch_nodes import PatchModel
 from .prompt_nodes import PromptDecompose
 from .segment_nodes import DetectorLoader, SAM2Loader, SAM2Segment
+from .track_nodes import FlowTracker, SAM3TrackerLoader, TrackObjects, TrajectoryToPaths
 from .stage2_nodes import DiffusersMotionToVideo, MaskedMotionToVideo, WanMotionToVideo, WarpMotionToVideo
 from .video_nodes import VideoCombine
 
@@ -37,6 +38,11 @@ NODES: list[type[io.ComfyNode]] = [
     LLMLoader,
     LLMEndpoint,
     VideoModelLoader,
+    # Stage 1 from a video (issue 11)
+    TrackObjects,
+    SAM3TrackerLoader,
+    FlowTracker,
+    TrajectoryToPaths,
 ]
 
 

@@ -1,7 +1,8 @@
 """Model folders, devices and ComfyUI memory management for the pack's loaders.
 
 Folders (under ComfyUI's ``models/``; extra paths via extra_model_paths.yaml work too):
-``sam2`` (SAM 2 checkpoints and HF folders), ``LLM`` (transformers chat models),
+``sam2`` (SAM 2 checkpoints and HF folders), ``sam3`` (SAM 3 HF folders, for its tracker),
+``LLM`` (transformers chat models),
 ``grounding-dino`` (open-vocabulary detector folders: Grounding DINO or OWLv2). They are
 registered with folder_paths by ``register_model_folders()``, called from the extension's
 ``on_load`` and again (idempotently) before any listing, never at import.
@@ -26,8 +27,10 @@ import torch
 
 from ..ttm_core.errors import TTMInputError
 from ..ttm_core.model_files import list_entries, resolve_entry
+from ..ttm_core.segment.sam3 import SAM3_KINDS
 
 SAM2_FOLDER = "sam2"
+SAM3_FOLDER = "sam3"
 LLM_FOLDER = "LLM"
 DETECTOR_FOLDER = "grounding-dino"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -37,7 +40,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 def register_model_folders() -> None:
     """Add the pack's model folders to folder_paths (idempotent; no folders are created)."""
-    for name in (SAM2_FOLDER, LLM_FOLDER, DETECTOR_FOLDER):
+    for name in (SAM2_FOLDER, SAM3_FOLDER, LLM_FOLDER, DETECTOR_FOLDER):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
 
 
@@ -49,6 +52,10 @@ def roots(folder: str) -> list[Path]:
 def sam2_entries() -> list[str]:
     return list_entries(roots(SAM2_FOLDER), suffixes=CHECKPOINT_SUFFIXES,
                         folder_types=lambda kind: kind in ("sam2", "sam2_video"))
+
+
+def sam3_entries() -> list[str]:
+    return list_entries(roots(SAM3_FOLDER), folder_types=lambda kind: kind in SAM3_KINDS)
 
 
 def llm_entries() -> list[str]:

@@ -282,6 +282,8 @@ class TinyModels:
             ("sam2", self.SHIPPED["sam2"]): self.meta_pt,
             ("sam2", self.meta_safetensors.name): self.meta_safetensors,
             ("sam2", self.hf_sam2.name): self.hf_sam2,
+            ("sam2", self.meta_small_image.name): self.meta_small_image,
+            ("sam2", self.meta_small_image.with_suffix(".yaml").name): self.meta_small_image.with_suffix(".yaml"),
             ("sam3", self.hf_sam3.name): self.hf_sam3,
             ("grounding-dino", self.SHIPPED["grounding-dino"]): self.detector,
             ("LLM", self.SHIPPED["LLM"]): self.llm,

@@ -154,9 +154,25 @@ def track_objects(tracker: Any, frames: FrameSource | torch.Tensor, objects: Obj
             votes.add(logits)
             if progress:
                 progress(done, clip.count)
-    tracked = Tracked(labels, objects, votes.order(objects.ids), clip)
+    order = votes.order(objects.ids)
+    labels[0] = first_frame_labels(objects, order)
+    tracked = Tracked(labels, objects, order, clip)
     _log(tracked)
     return tracked
+
+
+def first_frame_labels(objects: Objects, depth_order: tuple[int, ...]) -> torch.Tensor:
+    """uint8 ``[H, W]``: the objects' own masks as frame 0 of the trajectory, front objects on top.
+
+    The trackers are prompted with these masks at frame 0; their own frame-0 prediction is a
+    re-estimate of them (slightly different, or from an untrained model anything), while s^(0)
+    of the paper is the first-frame segmentation itself, so that is what frame 0 holds.
+    """
+    labels = torch.zeros(objects.size, dtype=torch.uint8)
+    binary = objects.binary()
+    for object_id in reversed(depth_order):
+        labels[binary[objects.ids.index(object_id)]] = object_id
+    return labels
 
 
 def _log(tracked: Tracked) -> None:
@@ -168,9 +184,10 @@ def _log(tracked: Tracked) -> None:
 def _flow(settings: Any, source: FrameSource, objects: Objects, clip: Clip, progress: ProgressFn | None) -> Tracked:
     from .flow_track import track_objects_by_flow
 
-    labels, depth_order = track_objects_by_flow(source.frames(clip.indices), objects, settings=settings,
-                                                count=clip.count, progress=progress)
-    tracked = Tracked(labels, objects, depth_order, clip)
+    labels, report = track_objects_by_flow(source.frames(clip.indices), objects, settings=settings,
+                                           count=clip.count, progress=progress)
+    labels[0] = first_frame_labels(objects, report.depth_order)
+    tracked = Tracked(labels, objects, report.depth_order, clip)
     _log(tracked)
     return tracked
 
