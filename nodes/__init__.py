@@ -17,8 +17,8 @@ from .object_nodes import ObjectsFromMasks
 from .patch_nodes import PatchModel
 from .prompt_nodes import PromptDecompose
 from .segment_nodes import DetectorLoader, SAM2Loader, SAM2Segment
-from .track_nodes import FlowTracker, SAM3TrackerLoader, TrackObjects, TrajectoryToPaths
 from .stage2_nodes import DiffusersMotionToVideo, MaskedMotionToVideo, WanMotionToVideo, WarpMotionToVideo
+from .track_nodes import FlowTracker, SAM3TrackerLoader, TrackObjects, TrajectoryToPaths
 from .video_nodes import VideoCombine
 
 NODES: list[type[io.ComfyNode]] = [

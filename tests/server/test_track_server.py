@@ -47,7 +47,8 @@ def track(workflow: dict, frames: list, tracker: list | None = None, **inputs) -
     workflow["21"] = {"class_type": "SaveImage", "inputs": {"images": ["20", 1], "filename_prefix": f"ttm/track_{tag}"}}
     workflow["22"] = {"class_type": "PreviewAny", "inputs": {"source": ["20", 3]}}
     if "6" in workflow:
-        workflow["23"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 1], "filename_prefix": f"ttm/true_{tag}"}}
+        workflow["23"] = {"class_type": "SaveImage",
+                          "inputs": {"images": ["6", 1], "filename_prefix": f"ttm/true_{tag}"}}
     return workflow
 
 
@@ -107,13 +108,12 @@ def test_sam_trackers_from_a_video_file_through_core_load_video(comfy_server, cl
     shutil.copy(source, comfy_server.base / "input" / name)
     workflow = track(warp_clip(2), ["40", 0], ["30", 0])  # nodes 1-5 give the first-frame objects
     workflow["40"] = {"class_type": "LoadVideo", "inputs": {"file": name}}
+    sam2 = {"device": "cpu", "precision": "auto", "video_tracking": True}
     workflow["30"] = {
-        "sam2_meta": {"class_type": "TTM_SAM2Loader", "inputs": {"model": tiny_models.meta_small_image.name, "device": "cpu",
-                                                                 "precision": "auto", "video_tracking": True}},
-        "sam2_hf": {"class_type": "TTM_SAM2Loader", "inputs": {"model": tiny_models.hf_sam2.name, "device": "cpu",
-                                                               "precision": "auto", "video_tracking": True}},
-        "sam3": {"class_type": "TTM_SAM3TrackerLoader", "inputs": {"model": tiny_models.hf_sam3.name, "device": "cpu",
-                                                                   "precision": "auto"}},
+        "sam2_meta": {"class_type": "TTM_SAM2Loader", "inputs": {"model": tiny_models.meta_small_image.name, **sam2}},
+        "sam2_hf": {"class_type": "TTM_SAM2Loader", "inputs": {"model": tiny_models.hf_sam2.name, **sam2}},
+        "sam3": {"class_type": "TTM_SAM3TrackerLoader",
+                 "inputs": {"model": tiny_models.hf_sam3.name, "device": "cpu", "precision": "auto"}},
     }[loader]
     messages = asyncio.run(watch_prompt(comfy_server.url, workflow, None))
     assert messages[-1]["type"] == "execution_success", messages[-1]
