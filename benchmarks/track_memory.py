@@ -15,7 +15,7 @@ Printed per tracker: extra peak MiB at each N for both ways, the label video's M
 per added frame against the label video's bytes per frame (1.0 = grows only by the labels).
 The tiny random-weight models keep their real image sizes where it matters (the Meta SAM2 at
 1024 px like Meta's checkpoints); absolute MiB of real models are larger, the slopes are the point.
-Run: make bench-track-memory (python -m benchmarks track-memory --lengths 16,32,64 --size 240x416)
+Run: make bench-track-memory (python -m benchmarks track-memory --lengths 24,48,96 --size 240x416)
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ def format_report(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks track-memory", description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", default="16,32,64", help="clip lengths in frames (comma-separated)")
+    parser.add_argument("--lengths", default="24,48,96",
+                        help="clip lengths in frames (comma-separated; past the 16-frame memory window)")
     parser.add_argument("--size", default="240x416", help="frame HxW (default 240x416)")
     parser.add_argument("--trackers", default=",".join(TRACKERS), help=f"some of {', '.join(TRACKERS)}")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")

@@ -75,28 +75,30 @@ def client(comfy_server: ComfyServer) -> ComfyClient:
     return ComfyClient(comfy_server.url, timeout=60)
 
 
-def _native_wan_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path, log_name: str,
-                       frontend: Path | None = None) -> Iterator[ComfyServer]:
+def _native_wan_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path, tiny_models: TinyModels,
+                       log_name: str, frontend: Path | None = None) -> Iterator[ComfyServer]:
     base = tmp_path_factory.mktemp("comfyui-native-wan")
     write_native_wan(base / "models")
+    tiny_models.install(base / "models")  # SAM 2 / LLM / detector for the Stage-1 nodes of the Wan workflows
     yield from _serve(base, artifacts, log_name, frontend)
 
 
 @pytest.fixture(scope="session")
-def native_wan_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[ComfyServer]:
+def native_wan_server(tmp_path_factory: pytest.TempPathFactory, artifacts: Path,
+                      tiny_models: TinyModels) -> Iterator[ComfyServer]:
     """A real ComfyUI whose models/ holds every native Wan fixture of tests/native_wan.py.
 
     The files are written (linked from the build cache) before the server starts, so
     the loader nodes list them from the first /object_info on.
     """
-    yield from _native_wan_server(tmp_path_factory, artifacts, "comfyui-native-wan-server.log")
+    yield from _native_wan_server(tmp_path_factory, artifacts, tiny_models, "comfyui-native-wan-server.log")
 
 
 @pytest.fixture(scope="session")
-def native_wan_server_newest_frontend(tmp_path_factory: pytest.TempPathFactory,
-                                      artifacts: Path) -> Iterator[ComfyServer]:
+def native_wan_server_newest_frontend(tmp_path_factory: pytest.TempPathFactory, artifacts: Path,
+                                      tiny_models: TinyModels) -> Iterator[ComfyServer]:
     """``native_wan_server`` serving the newest frontend (its own base directory, the same fixtures)."""
-    yield from _native_wan_server(tmp_path_factory, artifacts,
+    yield from _native_wan_server(tmp_path_factory, artifacts, tiny_models,
                                   f"comfyui-native-wan-server-frontend-{NEWEST_FRONTEND}.log",
                                   frontend_root(NEWEST_FRONTEND))
 

@@ -130,8 +130,9 @@ def prepare_base_directory(base: Path) -> Path:
     link = base / "custom_nodes" / PACK_NAME
     if not link.exists():
         link.symlink_to(ROOT, target_is_directory=True)
-    for example in (ROOT / "examples").glob("*.png"):
-        shutil.copy2(example, base / "input" / example.name)
+    for example in (ROOT / "examples").iterdir():
+        if example.suffix in (".png", ".mp4"):
+            shutil.copy2(example, base / "input" / example.name)
     settings = base / "user" / "default" / "comfy.settings.json"
     if not settings.exists():
         # Skip the first-visit templates dialog in the browser.

@@ -45,10 +45,11 @@ def main() -> int:
             if not batch:
                 continue
             base = Path(tmp) / ("native" if native else "plain")
+            tiny = build_tiny_models(Path(tmp) / f"tiny-models-{native}")
+            tiny.install(base / "models")  # SAM 2 / LLM / detector for Stage 1, beside any Wan files
             if native:
                 write_native_wan(base / "models")
             else:
-                build_tiny_models(Path(tmp) / "tiny-models").install(base / "models")
                 for family, _ in DIFFUSERS.values():
                     save_tiny(family, base / "models" / "diffusers" / "tiny" / family)
             with ComfyServer(base) as server:

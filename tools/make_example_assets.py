@@ -3,12 +3,21 @@
 The image is scikit-image's ``coins`` photograph (Greek coins from Pompeii, "no known
 copyright restrictions", bundled with scikit-image), cropped to 384x288 and stored as RGB.
 The two masks are coins segmented by Otsu thresholding, hole filling and connected
-components. Run: .venv/bin/python tools/make_example_assets.py
+components. Two more assets serve motion transfer (workflows/ttm_reference_video*.json):
+
+* ``ttm_coins_reference.mp4``: a reference clip (33 frames, 16 fps, H.264) of the two coins moving
+  (the left coin arcs down and right, the big coin turns and slides up and left), cut and dragged
+  from the photograph by the pack's own warp renderer: a video whose motion is known exactly.
+* ``ttm_coins_gold.png``: the same photograph toned gold, standing in for an edited first frame
+  (the "another image" the reference motion is transferred to; same layout, so the masks hold).
+
+Run: .venv/bin/python tools/make_example_assets.py
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +25,11 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data, filters
 
+
 LOG = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 CROP = (slice(8, 296), slice(0, 384))  # 288 x 384: even sizes for H.264, multiples of 16
 # (row, col) of a pixel inside each chosen coin, in the cropped image.
 PICKS = {"ttm_coins_mask_left.png": (116, 45), "ttm_coins_mask_right.png": (178, 348)}
@@ -42,6 +54,48 @@ def main() -> None:
         Image.fromarray((mask * 255).astype(np.uint8)).save(out / name, optimize=True)
         ys, xs = np.nonzero(mask)
         LOG.info("%s: %d px, centroid (x=%.1f, y=%.1f)", name, mask.sum(), xs.mean() + 0.5, ys.mean() + 0.5)
+    gold = np.stack([gray * 1.0, gray * 0.82, gray * 0.45], axis=2) + np.array([18.0, 10.0, 0.0])
+    Image.fromarray(np.clip(gold, 0, 255).astype(np.uint8)).save(out / "ttm_coins_gold.png", optimize=True)
+    reference_clip(out)
+
+
+REFERENCE_PATHS = {"version": 1, "units": "pixels", "objects": {
+    "left coin": {"keyframes": [{"t": 0.5, "x": 110, "y": 170, "easing": "ease_in_out"},
+                                {"t": 1.0, "x": 170, "y": 200, "easing": "ease_out"}]},
+    "big coin": {"keyframes": [{"t": 1.0, "x": 290, "y": 120, "rotation": -30, "easing": "ease_in_out"}]}}}
+"""The reference clip's motion (paths JSON v1): what a tracker run on the clip should find again."""
+
+
+def reference_clip(out: Path, num_frames: int = 33, fps: float = 16.0) -> Path:
+    """Render ``ttm_coins_reference.mp4`` from the example image and masks along ``REFERENCE_PATHS``."""
+    import json
+    import shutil
+    import tempfile
+
+    import torch
+
+    from ttm_core.media import encode_video
+    from ttm_core.motion.cut_and_drag import cut_and_drag
+    from ttm_core.motion.paths import parse_paths
+    from ttm_core.motion.poses import mask_centroids
+    from ttm_core.motion.render import trajectory_from_paths
+    from ttm_core.types import ObjectPrompt, Objects, Prompts
+
+    image = torch.from_numpy(np.array(Image.open(out / "ttm_coins.png").convert("RGB"))).float() / 255.0
+    masks = torch.stack([torch.from_numpy(np.asarray(Image.open(out / name).convert("L")) > 127).float()
+                         for name in PICKS])
+    prompts = Prompts("Two coins move on a table.", "Two coins move on a table.",
+                      (ObjectPrompt("left coin", "a small silver coin"), ObjectPrompt("big coin", "a large coin")))
+    objects = Objects(prompts, masks)
+    paths = parse_paths(json.dumps(REFERENCE_PATHS), prompts, objects.size, num_frames, mask_centroids(masks))
+    trajectory = trajectory_from_paths(objects, paths, num_frames, fps)
+    frames = cut_and_drag(image, trajectory)
+    with tempfile.TemporaryDirectory() as tmp:
+        (written,) = encode_video(frames, Path(tmp), "reference", "mp4", fps, quality=90)
+        target = out / "ttm_coins_reference.mp4"
+        shutil.copy(written, target)
+    LOG.info("%s: %d frames at %g fps, %d bytes", target.name, num_frames, fps, target.stat().st_size)
+    return target
 
 
 if __name__ == "__main__":

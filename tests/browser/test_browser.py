@@ -26,6 +26,8 @@ from tools.comfy_harness import ComfyServer, frontend_root, frontends
 from ttm_batch.client import ComfyClient
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
+REFERENCE_FRAMES = 33
+"""Frames of examples/ttm_coins_reference.mp4 (tools/make_example_assets.py)."""
 UI_WORKFLOWS = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith("_api.json"))
 # Workflows of the diffusers backend name the real model folders; before queueing from the page the test
 # swaps in a tiny random model of the same family (widget values per node type) and expects its frame count;
@@ -80,7 +82,8 @@ def load(page: Page, graph: dict) -> None:
 
 
 def test_there_are_ui_workflows() -> None:
-    assert [p.name for p in UI_WORKFLOWS] == ["ttm_cogvideox_i2v.json", "ttm_i2vgen_xl.json", "ttm_sam2_llm.json",
+    assert [p.name for p in UI_WORKFLOWS] == ["ttm_cogvideox_i2v.json", "ttm_i2vgen_xl.json", "ttm_reference_video.json",
+                                              "ttm_sam2_llm.json", "ttm_wan21_generate_and_track.json",
                                               "ttm_wan21_i2v_patch.json", "ttm_wan22_ti2v.json", "ttm_warp_paths.json"]
     for path in UI_WORKFLOWS:
         assert path.with_name(path.stem + "_api.json").exists(), f"{path.name} has no API-format twin"
@@ -120,8 +123,10 @@ def tiny_swaps(path: Path, api: dict) -> tuple[dict[str, dict], int, bool]:
                            if key != "filename_prefix" and value != api[node_id]["inputs"][key]}
                  for node_id, node in tiny.items()}
         return {k: v for k, v in swaps.items() if v}, TINY_FRAMES, True
-    motion = next(node for node in api.values() if node["class_type"] == "TTM_ImageToMotion")
-    by_type, frames = DIFFUSERS_SWAPS.get(path.name, ({}, motion["inputs"]["num_frames"]))
+    motion = [node for node in api.values() if node["class_type"] == "TTM_ImageToMotion"]
+    # Without Image To Motion the trajectory is tracked through the reference clip: every one of its frames.
+    length = motion[0]["inputs"]["num_frames"] if motion else REFERENCE_FRAMES
+    by_type, frames = DIFFUSERS_SWAPS.get(path.name, ({}, length))
     swaps = {node_id: dict(by_type[node["class_type"]]) for node_id, node in api.items()
              if node["class_type"] in by_type}
     return swaps, frames, False
