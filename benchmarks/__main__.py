@@ -8,6 +8,8 @@ Subcommands:
     native      one sampling step of a random-weight native ComfyUI Wan, patched vs unpatched
                 (``benchmarks.native_wan``; ComfyUI's Python).
     encode      Video Combine's peak extra memory encoding a clip (``benchmarks.encode_memory``).
+    plan        Stage 1's plan backend: seconds per clip with the tiny local LLM, constrained vs
+                unconstrained decoding (``benchmarks.plan``).
 
 Every benchmark measures its variants side by side in one run and prints ratios; none asserts a time.
 """
@@ -79,7 +81,13 @@ def _encode(argv: list[str]) -> int:
     return encode_main(argv)
 
 
-_OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode}
+def _plan(argv: list[str]) -> int:
+    from benchmarks.plan import main as plan_main
+
+    return plan_main(argv)
+
+
+_OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode, "plan": _plan}
 """Subcommands that parse their own arguments (``python -m benchmarks native --help``)."""
 
 
@@ -120,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("_stage2_memory", help=argparse.SUPPRESS)
     sub.add_parser("native", help="native ComfyUI Wan: patched vs unpatched sampling step (own options)")
     sub.add_parser("encode", help="Video Combine: peak extra memory of encoding (own options)")
+    sub.add_parser("plan", help="Stage 1 plan backend: s/clip, constrained vs unconstrained tiny LLM (own options)")
     return parser
 
 
