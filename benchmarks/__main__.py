@@ -9,6 +9,8 @@ Subcommands:
                 (``benchmarks.native_wan``; ComfyUI's Python).
     encode      Video Combine's peak extra memory encoding a clip (``benchmarks.encode_memory``).
     track-memory  tracking memory vs clip length, streamed vs all frames at once (``benchmarks.track_memory``).
+    plan        Stage 1's plan backend: seconds per clip with the tiny local LLM, constrained vs
+                unconstrained decoding (``benchmarks.plan``).
 
 Every benchmark measures its variants side by side in one run and prints ratios; none asserts a time.
 """
@@ -86,7 +88,13 @@ def _track_memory(argv: list[str]) -> int:
     return track_memory_main(argv)
 
 
-_OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode,
+def _plan(argv: list[str]) -> int:
+    from benchmarks.plan import main as plan_main
+
+    return plan_main(argv)
+
+
+_OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode, "plan": _plan,
                                                        "track-memory": _track_memory}
 """Subcommands that parse their own arguments (``python -m benchmarks native --help``)."""
 
@@ -129,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("native", help="native ComfyUI Wan: patched vs unpatched sampling step (own options)")
     sub.add_parser("encode", help="Video Combine: peak extra memory of encoding (own options)")
     sub.add_parser("track-memory", help="tracking memory vs clip length: streamed vs at once (own options)")
+    sub.add_parser("plan", help="Stage 1 plan backend: s/clip, constrained vs unconstrained tiny LLM (own options)")
     return parser
 
 

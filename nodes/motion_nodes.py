@@ -8,12 +8,16 @@ import torch
 from comfy_api.latest import io
 
 from ..ttm_core.errors import TTMInputError
-from ..ttm_core.motion.paths import attach_splines, parse_paths
+from ..ttm_core.motion.paths import attach_splines, format_paths, normalized_paths, parse_paths
+from ..ttm_core.motion.plan import plan_objects
 from ..ttm_core.motion.poses import mask_centroids
 from ..ttm_core.motion.render import trajectory_from_paths
+from ..ttm_core.prompts.llm import HttpLLM
 from ._common import CATEGORY, Objects, Trajectory, check_combo, progress_callback
+from ._models import Managed
+from .llm_nodes import Llm
 
-BACKENDS = ("paths",)
+BACKENDS = ("paths", "plan")
 EXAMPLE_PATHS = json.dumps({
     "version": 1, "units": "normalized",
     "objects": {"1": {"keyframes": [{"t": 1.0, "x": 0.6, "y": 0.5, "easing": "ease_in_out"}]}},
@@ -32,6 +36,17 @@ def _depth_order(text: str, objects) -> tuple[int, ...]:
     return order
 
 
+def _plan(llm: Managed | HttpLLM | None, objects, num_frames: int, fps: float, seed: int, temperature: float,
+          max_new_tokens: int, attempts: int, node_id: str | None):
+    if llm is None:
+        raise TTMInputError("llm", "the plan backend needs an LLM",
+                            "connect an LLM Loader or an LLM Endpoint node to the llm input, or use the paths backend")
+    handle, device = (llm.handle, llm.load()) if isinstance(llm, Managed) else (llm, None)
+    return plan_objects(handle, objects, num_frames, fps, seed=seed, temperature=temperature,
+                        max_new_tokens=max_new_tokens, attempts=attempts, device=device,
+                        progress=progress_callback(node_id))
+
+
 class ImageToMotion(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -40,12 +55,15 @@ class ImageToMotion(io.ComfyNode):
             display_name="Image To Motion (Through-The-Mask)",
             category=CATEGORY,
             description="Stage 1: make the mask trajectory - where every object is in every frame. The paths "
-                        "backend moves each object along keyframes or a SplineEditor spline.",
+                        "backend moves each object along keyframes or a SplineEditor spline; the plan backend has "
+                        "an LLM plan the keyframes from the motion prompt (editable: paste paths_json into paths).",
             inputs=[
-                io.Image.Input("image", tooltip="The first frame (only its size is used by the paths backend)."),
+                io.Image.Input("image", tooltip="The first frame (only its size is used)."),
                 Objects.Input("objects", tooltip="The objects to move (TTM_OBJECTS)."),
                 io.Combo.Input("backend", options=list(BACKENDS), default="paths",
-                               tooltip="paths: objects follow the keyframes/splines you give."),
+                               tooltip="paths: objects follow the keyframes/splines you give. plan: the connected "
+                                       "LLM plans each object's keyframes from the objects' motion prompt, local "
+                                       "prompts and first-frame boxes (the paths input is then ignored)."),
                 io.String.Input("paths", multiline=True, default=EXAMPLE_PATHS,
                                 tooltip="Paths JSON (version 1): per object (name or 1-based id) either "
                                         "'keyframes' [{frame|t, x, y, scale, rotation, easing}] or a 'spline' "
@@ -68,11 +86,27 @@ class ImageToMotion(io.ComfyNode):
                              tooltip="SplineEditor canvas width (its mask_width); 0 = the image width."),
                 io.Int.Input("spline_height", default=0, min=0, max=16384,
                              tooltip="SplineEditor canvas height (its mask_height); 0 = the image height."),
+                Llm.Input("llm", optional=True, tooltip="plan backend: from LLM Loader or LLM Endpoint."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True, control_after_generate=False,
+                             tooltip="plan backend: the same seed, LLM and inputs give the same plan (retry k uses "
+                                     "seed + k)."),
+                io.Float.Input("temperature", default=0.0, min=0.0, max=2.0, step=0.05, optional=True,
+                               tooltip="plan backend: 0 = always the most likely plan; higher = more varied "
+                                       "(sampled with the seed)."),
+                io.Int.Input("max_new_tokens", default=1024, min=128, max=8192, optional=True,
+                             tooltip="plan backend: the longest answer, in tokens (about 60 per keyframe)."),
+                io.Int.Input("attempts", default=3, min=1, max=10, optional=True,
+                             tooltip="plan backend: an unusable plan (malformed, unknown names, times outside "
+                                     "the clip, objects flung away) is shown to the LLM with what was wrong and "
+                                     "asked again, up to this many answers in all."),
             ],
             outputs=[
                 Trajectory.Output("trajectory", tooltip="The mask trajectory (TTM_TRAJECTORY)."),
                 io.Image.Output("preview", tooltip="The trajectory as a colour video (one colour per object)."),
                 io.Mask.Output("mask", tooltip="Per frame, where any object is (1) or background (0)."),
+                io.String.Output("paths_json", tooltip="The paths JSON (version 1) the trajectory follows: the "
+                                                       "LLM's plan (plan) or your paths normalized (paths). Paste "
+                                                       "it into the paths input to pin or edit it."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -82,7 +116,7 @@ class ImageToMotion(io.ComfyNode):
         combo = check_combo("backend", backend, BACKENDS)
         if combo is not True:
             return combo
-        if isinstance(paths, str) and paths.strip():
+        if backend != "plan" and isinstance(paths, str) and paths.strip():
             try:
                 json.loads(paths)
             except json.JSONDecodeError as err:
@@ -93,17 +127,24 @@ class ImageToMotion(io.ComfyNode):
     @classmethod
     def execute(cls, image: torch.Tensor, objects, backend: str, paths: str, num_frames: int, fps: float,
                 depth_order: str, spline_objects: str, spline_width: int, spline_height: int,
-                spline_coords: str | None = None) -> io.NodeOutput:
+                spline_coords: str | None = None, llm=None, seed: int = 0, temperature: float = 0.0,
+                max_new_tokens: int = 1024, attempts: int = 3) -> io.NodeOutput:
         height, width = int(image.shape[1]), int(image.shape[2])
         if (height, width) != objects.size:
             raise TTMInputError("image", f"the image is {width}x{height} but the objects' masks are "
                                 f"{objects.size[1]}x{objects.size[0]}", "use the image the objects were made on")
+        order = _depth_order(depth_order, objects)
         spec: str | dict = paths
-        if spline_coords is not None and spline_coords.strip():
+        planned = None
+        if backend == "plan":
+            planned = _plan(llm, objects, num_frames, fps, seed, temperature, max_new_tokens, attempts,
+                            cls.hidden.unique_id)
+            spec = planned.paths
+        elif spline_coords is not None and spline_coords.strip():
             canvas = (spline_width or width, spline_height or height)
             spec = attach_splines(paths, spline_coords, spline_objects, objects.prompts, canvas)
-        order = _depth_order(depth_order, objects)
         object_paths = parse_paths(spec, objects.prompts, objects.size, num_frames, mask_centroids(objects.masks))
+        text = planned.paths_json if planned is not None else format_paths(normalized_paths(spec, objects.prompts))
         trajectory = trajectory_from_paths(objects, object_paths, num_frames, fps, order,
                                            progress=progress_callback(cls.hidden.unique_id))
-        return io.NodeOutput(trajectory, trajectory.color_video(), trajectory.foreground())
+        return io.NodeOutput(trajectory, trajectory.color_video(), trajectory.foreground(), text)

@@ -226,7 +226,7 @@ def test_installing_the_requirements_leaves_torch_alone() -> None:
     assert not re.search(r"\btorch(vision|audio)?-\d", would), would
 
 
-@pytest.mark.parametrize("name", ["attention", "stage2", "native", "encode"])
+@pytest.mark.parametrize("name", ["attention", "stage2", "native", "encode", "plan"])
 def test_every_benchmark_says_its_options(name: str) -> None:
     result = subprocess.run([sys.executable, "-m", "benchmarks", name, "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)

@@ -39,7 +39,7 @@ def test_object_info_lists_every_node_with_tooltips(client: ComfyClient) -> None
         for name, spec in inputs.items():
             assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert info["TTM_VideoCombine"]["output_node"] is True
-    assert info["TTM_ImageToMotion"]["output"] == ["TTM_TRAJECTORY", "IMAGE", "MASK"]
+    assert info["TTM_ImageToMotion"]["output"] == ["TTM_TRAJECTORY", "IMAGE", "MASK", "STRING"]
     assert info["TTM_MaskedMotionToVideo"]["deprecated"] is True and "deprecated" in \
         info["TTM_MaskedMotionToVideo"]["display_name"]
 

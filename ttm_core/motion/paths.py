@@ -374,3 +374,37 @@ def attach_splines(spec: str | Mapping[str, object], coords: str, targets: str, 
         objects[label] = entry
     data["objects"] = objects
     return data
+
+
+def normalized_paths(spec: str | Mapping[str, object], prompts: Prompts) -> dict[str, object]:
+    """The paths JSON in its canonical form: ``version`` and ``units`` written out, objects keyed by
+    their names (ids resolved) in the objects' order, entries unchanged. Call after ``parse_paths``
+    accepted ``spec`` (empty text = no objects move)."""
+    data = json.loads(spec) if isinstance(spec, str) and spec.strip() else {} if isinstance(spec, str) else spec
+    if not isinstance(data, Mapping):
+        raise TTMInputError("paths", "the paths JSON is not an object", "write {\"version\": 1, \"objects\": {...}}")
+    raw = data.get("objects", {})
+    entries = dict(raw) if isinstance(raw, Mapping) else {}
+    by_index = {prompts.index_of(str(key)): entry for key, entry in entries.items()}
+    return {"version": data.get("version", PATHS_VERSION), "units": data.get("units", "normalized"),
+            "objects": {prompts.objects[i].name: by_index[i] for i in sorted(by_index)}}
+
+
+def format_paths(paths: Mapping[str, object]) -> str:
+    """The paths JSON as text for an editor: one object a line, one keyframe a line (``json.loads``
+    gives ``paths`` back)."""
+    head = f'{{"version": {json.dumps(paths["version"])}, "units": {json.dumps(paths["units"])}, "objects": {{'
+    objects = paths["objects"]
+    assert isinstance(objects, Mapping)
+    entries = []
+    for name, entry in objects.items():
+        key = json.dumps(name, ensure_ascii=False)
+        keyframes = entry.get("keyframes") if isinstance(entry, Mapping) else None
+        if not isinstance(keyframes, list) or not keyframes:
+            entries.append(f"  {key}: {json.dumps(entry, ensure_ascii=False)}")
+            continue
+        rest = "".join(f", {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}"
+                       for k, v in entry.items() if k != "keyframes")
+        lines = ",\n".join("    " + json.dumps(k, ensure_ascii=False) for k in keyframes)
+        entries.append(f'  {key}: {{"keyframes": [\n{lines}]{rest}}}')
+    return head + "}}" if not entries else head + "\n" + ",\n".join(entries) + "}}"

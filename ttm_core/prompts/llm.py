@@ -6,14 +6,18 @@ detail) and one local prompt c_local(l) per movable object (static scenery dropp
 the same kind told apart as left / middle / right), with few-shot examples. Our templates keep
 that structure but are our own text and ask for JSON, which ``prompts.parse_llm_answer`` parses
 strictly. A malformed answer is shown to the model with the parser's complaint and retried, up
-to ``attempts`` times; after that the error quotes the last answer.
+to ``attempts`` times; after that the error quotes the last answer (``ask``, shared with other
+answers such as Stage 1's motion plans).
 
 Backends:
     * ``LocalLLM``: a transformers causal LM from ``models/LLM/<folder>``, prompted through the
       tokenizer's chat template. By default its output is *constrained* to the answer's JSON
       shape (a small grammar over the vocabulary: the JSON punctuation and keys are forced, the
       model writes only the texts, names cannot contain a colon, at most eight objects), so even
-      small models always give a parseable answer; sampling uses a seeded generator.
+      small models always give a parseable answer; sampling uses a seeded generator. The grammar
+      is pluggable: ``complete(..., answer_format=...)`` takes any AnswerFormat (a grammar built
+      on ``prompts.grammar``'s engine, and the JSON schema HTTP servers are asked for); the
+      default is the decomposition's.
     * ``HttpLLM``: any OpenAI-compatible ``/chat/completions`` endpoint (Ollama, LM Studio,
       vLLM, llama.cpp server). The API key is read at call time from the environment variable
       whose *name* the node holds, so it never enters a workflow. Timeouts, bounded retries of
@@ -34,12 +38,13 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ..errors import TTMInputError
 from ..types import MAX_NAME_LENGTH, MAX_OBJECTS, PretrainedModel, Prompts
+from .grammar import Arr, Obj, SchemaGrammar, Str, TokenGrammar, Vocabulary
 from .parse import parse_llm_answer
 
 LOG = logging.getLogger(__name__)
@@ -124,65 +129,18 @@ def correction(problem: str) -> Message:
 
 # --------------------------------------------------------------------------- constrained JSON
 
-@dataclass
-class _Vocabulary:
-    """Per-tokenizer tables for constrained decoding (built once per loaded model)."""
-
-    texts: list[str]
-    by_text: dict[str, int]
-    max_length: int
-    content: torch.Tensor  # bool [V]: may appear inside a JSON string value
-    no_colon: torch.Tensor  # bool [V]: content tokens without ':' (for names)
-    nonblank: torch.Tensor  # bool [V]: tokens with a visible character (a string's first token)
-    lengths: torch.Tensor  # int [V]: characters each token adds
-    quote: int
-    eos: tuple[int, ...]
-
-    @classmethod
-    def build(cls, tokenizer: Any, vocab_size: int, eos: Sequence[int]) -> _Vocabulary:
-        special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-        anchor = tokenizer.encode("a", add_special_tokens=False)[:1]
-        base = tokenizer.decode(anchor)
-        pairs = tokenizer.batch_decode([[*anchor, i] for i in range(vocab_size)])
-        texts = [p[len(base):] if p.startswith(base) else p for p in pairs]
-        by_text: dict[str, int] = {}
-        for i, text in enumerate(texts):
-            if i not in special and text and text not in by_text:
-                by_text[text] = i
-        if '"' not in by_text:
-            raise TTMInputError("llm", "the tokenizer has no token for '\"', so answers cannot be constrained",
-                                "turn constrained decoding off in the LLM Loader")
-        content = torch.tensor([bool(t) and i not in special and '"' not in t and "\\" not in t
-                                and not any(ord(c) < 32 for c in t) for i, t in enumerate(texts)])
-        no_colon = content & torch.tensor([":" not in t for t in texts])
-        nonblank = torch.tensor([bool(t.strip()) for t in texts])
-        lengths = torch.tensor([len(t) for t in texts])
-        return cls(texts, by_text, max(len(t) for t in by_text), content, no_colon, nonblank, lengths,
-                   by_text['"'], tuple(eos))
-
-    def literal_token(self, remaining: str) -> int:
-        """The longest token that spells a prefix of ``remaining``."""
-        for size in range(min(len(remaining), self.max_length), 0, -1):
-            token = self.by_text.get(remaining[:size])
-            if token is not None:
-                return token
-        raise TTMInputError("llm", f"the tokenizer cannot spell {remaining[:1]!r}",
-                            "turn constrained decoding off in the LLM Loader")
-
-
-_OPEN = '{"motion_prompt": "'
-_AFTER_MOTION = '", "objects": ['
-_NEW_OBJECT = '{"name": "'
-_NEXT_OBJECT = ', {"name": "'
-_AFTER_NAME = '", "prompt": "'
-_AFTER_PROMPT = '"}'
-_CLOSE = "]}"
 WRAP_UP_TOKENS = 64  # enough to close any string, object and list, even at one character per token
 _STRING_LIMITS = {"motion": 300, "name": min(MAX_NAME_LENGTH, 40), "prompt": 300}
+DECOMPOSITION_SCHEMA = Obj((
+    ("motion_prompt", Str(_STRING_LIMITS["motion"])),
+    ("objects", Arr(Obj((("name", Str(_STRING_LIMITS["name"], no_colon=True)),
+                         ("prompt", Str(_STRING_LIMITS["prompt"])))), min_items=1, max_items=MAX_OBJECTS)),
+))
+"""``{"motion_prompt": s, "objects": [{"name": s, "prompt": s}, ...]}`` for the grammar engine."""
 
 
-class JsonAnswerGrammar:
-    """Token-level state machine for ``{"motion_prompt": s, "objects": [{"name": s, "prompt": s}*]}``.
+class JsonAnswerGrammar(SchemaGrammar):
+    """Token-level grammar for ``{"motion_prompt": s, "objects": [{"name": s, "prompt": s}*]}``.
 
     ``allowed()`` gives the tokens that keep the text a prefix of a valid answer; ``advance()``
     consumes the chosen token. Punctuation and keys are forced one token at a time (the longest
@@ -192,86 +150,30 @@ class JsonAnswerGrammar:
     must close at their length limit. The list holds one to eight objects: the pipeline needs at
     least one object to segment, so a constrained answer always names one. ``wrap_up()`` (called
     when the token budget runs low) closes the current string and the list as soon as possible.
+    It is DECOMPOSITION_SCHEMA run by the schema engine (``prompts.grammar``).
     """
 
-    def __init__(self, vocabulary: _Vocabulary) -> None:
-        self.v = vocabulary
-        self.stage = "open"
-        self.literal = _OPEN
-        self.choices: tuple[str, ...] = ()
-        self.string: str | None = None  # "motion" / "name" / "prompt" while inside that string
-        self.after_string = ("", "")  # (literal after the closing quote, stage after it)
-        self.text = ""
-        self.objects = 0
-        self.done = False
-        self.closing_soon = False
+    def __init__(self, vocabulary: Vocabulary) -> None:
+        super().__init__(vocabulary, DECOMPOSITION_SCHEMA, WRAP_UP_TOKENS)
 
-    def wrap_up(self) -> None:
-        """Finish the answer with as few tokens as possible from now on."""
-        self.closing_soon = True
 
-    def allowed(self) -> torch.Tensor:
-        """bool ``[V]``: the tokens that may come next."""
-        if self.string is not None:
-            mask = (self.v.no_colon if self.string == "name" else self.v.content).clone()
-            mask &= self.v.lengths <= _STRING_LIMITS[self.string] - len(self.text)
-            if not self.text.strip():
-                mask &= self.v.nonblank  # strings start with a visible character
-            elif self.closing_soon:
-                mask[:] = False
-            mask[self.v.quote] = bool(self.text.strip())
-            return mask
-        mask = torch.zeros(len(self.v.texts), dtype=torch.bool)
-        if self.done:
-            mask[list(self.v.eos)] = True
-        elif self.choices:
-            choices = (_CLOSE,) if self.closing_soon and _CLOSE in self.choices else self.choices
-            for choice in choices:
-                mask[self.v.literal_token(choice)] = True
-        else:
-            mask[self.v.literal_token(self.literal)] = True
-        return mask
+@dataclass(frozen=True, eq=False)
+class AnswerFormat:
+    """What an answer must look like, for both backends.
 
-    def advance(self, token: int) -> None:
-        """Consume ``token`` (one of ``allowed()``)."""
-        piece = self.v.texts[token]
-        if self.string is not None:
-            if token == self.v.quote:
-                (literal, stage), self.string, self.text = self.after_string, None, ""
-                self.literal, self.stage = literal[1:], stage
-            else:
-                self.text += piece
-            return
-        if self.done:
-            return
-        if self.choices:
-            choice = next(c for c in self.choices if c.startswith(piece))
-            self.choices, self.literal = (), choice
-            self.stage = "closing" if choice == _CLOSE else "new_object"
-        self.literal = self.literal[len(piece):]
-        if not self.literal:
-            self._literal_done()
+    Attributes:
+        name: a short identifier (the structured-output schema's name for HTTP servers).
+        json_schema: the JSON schema an HTTP server is asked for when ``json_schema`` is on.
+        grammar: makes the token grammar that constrains a local model (given its Vocabulary).
+    """
 
-    def _string(self, kind: str, after: str, stage: str) -> None:
-        self.string, self.after_string, self.text = kind, (after, stage), ""
+    name: str
+    json_schema: dict[str, Any]
+    grammar: Callable[[Vocabulary], TokenGrammar]
 
-    def _literal_done(self) -> None:
-        if self.stage == "open":
-            self._string("motion", _AFTER_MOTION, "objects_open")
-        elif self.stage == "objects_open":
-            self.literal, self.stage = _NEW_OBJECT, "new_object"  # at least one object
-        elif self.stage == "new_object":
-            self._string("name", _AFTER_NAME, "name_done")
-        elif self.stage == "name_done":
-            self._string("prompt", _AFTER_PROMPT, "object_done")
-        elif self.stage == "object_done":
-            self.objects += 1
-            if self.objects < MAX_OBJECTS:
-                self.choices = (_NEXT_OBJECT, _CLOSE)
-            else:
-                self.literal, self.stage = _CLOSE, "closing"
-        elif self.stage == "closing":
-            self.done = True
+
+DECOMPOSITION = AnswerFormat("prompt_decomposition", ANSWER_SCHEMA, JsonAnswerGrammar)
+"""The prompt decomposition's answer: the default of ``complete``."""
 
 
 # --------------------------------------------------------------------------- local LLM
@@ -284,7 +186,8 @@ class LocalLLM:
         name: the folder name.
         model: the causal LM (eval mode).
         tokenizer: its tokenizer, with a chat template.
-        constrained: constrain answers to the JSON shape (see JsonAnswerGrammar).
+        constrained: constrain answers to the JSON shape of the answer format asked for (by default
+            the decomposition's, see JsonAnswerGrammar).
     """
 
     name: str
@@ -311,10 +214,10 @@ class LocalLLM:
             ids.append(self.tokenizer.eos_token_id)
         return tuple(dict.fromkeys(int(i) for i in ids))
 
-    def vocabulary(self) -> _Vocabulary:
+    def vocabulary(self) -> Vocabulary:
         if "vocabulary" not in self._cache:
             size = int(self.model.get_output_embeddings().weight.shape[0])
-            self._cache["vocabulary"] = _Vocabulary.build(self.tokenizer, size, self.eos_ids())
+            self._cache["vocabulary"] = Vocabulary.build(self.tokenizer, size, self.eos_ids())
         return self._cache["vocabulary"]
 
     def render(self, messages: Sequence[Message]) -> str:
@@ -335,13 +238,16 @@ class LocalLLM:
 
     def complete(self, messages: Sequence[Message], *, seed: int = 0, temperature: float = 0.0,
                  max_new_tokens: int = 512, device: torch.device | str | None = None,
-                 progress: Progress | None = None) -> str:
-        """Generate the assistant's answer; greedy at temperature 0, else sampled with ``seed``."""
+                 progress: Progress | None = None, answer_format: AnswerFormat | None = None) -> str:
+        """Generate the assistant's answer; greedy at temperature 0, else sampled with ``seed``.
+
+        With ``constrained`` the answer follows ``answer_format``'s grammar (default: DECOMPOSITION);
+        when ``grammar.wrap_up_tokens`` of the budget are left the grammar closes the answer."""
         device = torch.device(device) if device is not None else next(self.model.parameters()).device
         prompt = self.render(messages)
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        grammar = JsonAnswerGrammar(self.vocabulary()) if self.constrained else None
+        grammar = (answer_format or DECOMPOSITION).grammar(self.vocabulary()) if self.constrained else None
         eos = set(self.eos_ids())
         generated: list[int] = []
         # transformers >= 5.x calls the KV cache `cache`; earlier releases `past_key_values`.
@@ -364,7 +270,7 @@ class LocalLLM:
                 generated.append(token)
                 if grammar is not None:
                     grammar.advance(token)
-                    if max_new_tokens - step <= WRAP_UP_TOKENS:
+                    if max_new_tokens - step <= grammar.wrap_up_tokens:
                         grammar.wrap_up()
                 if progress:
                     progress(step + 1, max_new_tokens)
@@ -457,18 +363,21 @@ class HttpLLM:
         return headers
 
     def request_body(self, messages: Sequence[Message], seed: int, temperature: float,
-                     max_new_tokens: int) -> dict[str, Any]:
+                     max_new_tokens: int, answer_format: AnswerFormat | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": list(messages), "temperature": float(temperature),
                                 "seed": int(seed), "max_tokens": int(max_new_tokens), "stream": False}
         if self.json_schema:
+            answer = answer_format or DECOMPOSITION
             body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "prompt_decomposition", "schema": ANSWER_SCHEMA, "strict": True}}
+                "name": answer.name, "schema": answer.json_schema, "strict": True}}
         return body
 
     def complete(self, messages: Sequence[Message], *, seed: int = 0, temperature: float = 0.0,
-                 max_new_tokens: int = 512, device: object = None, progress: Progress | None = None) -> str:
-        """POST the chat and return the answer text (bounded retries for transient failures)."""
-        data = json.dumps(self.request_body(messages, seed, temperature, max_new_tokens)).encode()
+                 max_new_tokens: int = 512, device: object = None, progress: Progress | None = None,
+                 answer_format: AnswerFormat | None = None) -> str:
+        """POST the chat and return the answer text (bounded retries for transient failures);
+        with ``json_schema`` the server is asked for ``answer_format``'s schema (default: DECOMPOSITION)."""
+        data = json.dumps(self.request_body(messages, seed, temperature, max_new_tokens, answer_format)).encode()
         headers = self._headers()
         last = ""
         for attempt in range(self.retries + 1):
@@ -549,6 +458,43 @@ class Decomposition:
     attempts: int
 
 
+_DECOMPOSE_FIX = ("use a larger instruction-tuned model, raise max_new_tokens, turn constrained decoding on (local) or "
+                  "json_schema on (HTTP), or paste a corrected answer with the llm_answer backend")
+
+T = TypeVar("T")
+
+
+def ask(llm: LocalLLM | HttpLLM, messages: Sequence[Message], parse: Callable[[str], T], *,
+        answer_format: AnswerFormat | None = None, correct: Callable[[str], Message] = correction,
+        fix: str = _DECOMPOSE_FIX, seed: int = 0, temperature: float = 0.0, max_new_tokens: int = 512,
+        attempts: int = 3, device: torch.device | str | None = None,
+        progress: Progress | None = None) -> tuple[T, str, int]:
+    """Ask until ``parse`` accepts an answer: up to ``attempts`` times, each unusable answer shown back
+    to the model with ``correct(problem)`` (the parser's complaint).
+
+    Attempt k (0-based) uses seed + k, so a sampled retry differs and a run is reproducible.
+    Returns (parsed value, the answer it came from, attempts used); raises TTMInputError (input
+    ``llm``, ``fix``) with the last problem, quoting the last answer, when none parses.
+    """
+    if not 1 <= attempts <= 10:
+        raise TTMInputError("attempts", f"{attempts} attempts", "use 1 to 10")
+    answer, problem = "", ""
+    for attempt in range(attempts):
+        answer = llm.complete(messages, seed=seed + attempt, temperature=temperature,
+                              max_new_tokens=max_new_tokens, device=device, progress=progress,
+                              answer_format=answer_format)
+        try:
+            value = parse(answer)
+        except TTMInputError as err:
+            problem = err.problem
+            LOG.warning("LLM answer %d of %d unusable: %s", attempt + 1, attempts, problem)
+            messages = [*messages, {"role": "assistant", "content": answer}, correct(problem)]
+            continue
+        return value, answer, attempt + 1
+    quoted = "" if _short(answer)[1:-1] in problem else f"; the last answer was {_short(answer)}"
+    raise TTMInputError("llm", f"no usable answer in {attempts} attempt(s): {problem}{quoted}", fix)
+
+
 def decompose(llm: LocalLLM | HttpLLM, caption: str, *, seed: int = 0, temperature: float = 0.0,
               max_new_tokens: int = 512, attempts: int = 3, device: torch.device | str | None = None,
               progress: Progress | None = None) -> Decomposition:
@@ -560,22 +506,7 @@ def decompose(llm: LocalLLM | HttpLLM, caption: str, *, seed: int = 0, temperatu
     if not caption.strip():
         raise TTMInputError("global_prompt", "the caption is empty",
                             "describe the whole video, e.g. 'a cat and a dog play on a lawn'")
-    if not 1 <= attempts <= 10:
-        raise TTMInputError("attempts", f"{attempts} attempts", "use 1 to 10")
-    messages = build_messages(caption)
-    answer, problem = "", ""
-    for attempt in range(attempts):
-        answer = llm.complete(messages, seed=seed + attempt, temperature=temperature,
-                              max_new_tokens=max_new_tokens, device=device, progress=progress)
-        try:
-            prompts = parse_llm_answer(answer, caption)
-        except TTMInputError as err:
-            problem = err.problem
-            LOG.warning("LLM answer %d of %d unusable: %s", attempt + 1, attempts, problem)
-            messages = [*messages, {"role": "assistant", "content": answer}, correction(problem)]
-            continue
-        return Decomposition(prompts, answer, attempt + 1)
-    quoted = "" if _short(answer)[1:-1] in problem else f"; the last answer was {_short(answer)}"
-    raise TTMInputError("llm", f"no usable answer in {attempts} attempt(s): {problem}{quoted}",
-                        "use a larger instruction-tuned model, raise max_new_tokens, turn constrained decoding "
-                        "on (local) or json_schema on (HTTP), or paste a corrected answer with the llm_answer backend")
+    prompts, answer, used = ask(llm, build_messages(caption), lambda text: parse_llm_answer(text, caption),
+                                seed=seed, temperature=temperature, max_new_tokens=max_new_tokens,
+                                attempts=attempts, device=device, progress=progress)
+    return Decomposition(prompts, answer, used)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from ..errors import TTMInputError
 from ..types import ObjectPrompt, Prompts
@@ -116,21 +116,30 @@ def _load_candidate(text: str) -> object:
         return None
 
 
+def json_values(answer: str) -> Iterator[object]:
+    """The JSON values an LLM answer holds, for a caller to pick from: fenced blocks first, then the
+    outermost ``{...}`` span (each repaired when unambiguous, None when it is not JSON), then every
+    object that parses from a ``{`` anywhere in the prose. The same value may come more than once."""
+    for candidate in _json_candidates(answer):
+        yield _load_candidate(candidate)
+    for match in re.finditer(r"\{", answer):  # JSON objects anywhere in the prose
+        try:
+            yield _DECODER.raw_decode(answer, match.start())[0]
+        except json.JSONDecodeError:
+            continue
+
+
+def quote_answer(answer: str) -> str:
+    """The answer quoted for an error message (whitespace folded, cut after 300 characters)."""
+    return _quote(answer)
+
+
 def _decompositions(answer: str) -> list[dict]:
     """Every distinct JSON object in the answer that has a motion prompt or an object list."""
     found: dict[str, dict] = {}
-
-    def keep(value: object) -> None:
+    for value in json_values(answer):
         if isinstance(value, dict) and any(k in value for k in _KEYS_MOTION + _KEYS_OBJECTS):
             found.setdefault(json.dumps(value, sort_keys=True, default=str), value)
-
-    for candidate in _json_candidates(answer):
-        keep(_load_candidate(candidate))
-    for match in re.finditer(r"\{", answer):  # JSON objects anywhere in the prose
-        try:
-            keep(_DECODER.raw_decode(answer, match.start())[0])
-        except json.JSONDecodeError:
-            continue
     return list(found.values())
 
 
