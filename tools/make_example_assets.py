@@ -66,35 +66,44 @@ REFERENCE_PATHS = {"version": 1, "units": "pixels", "objects": {
 """The reference clip's motion (paths JSON v1): what a tracker run on the clip should find again."""
 
 
-def reference_clip(out: Path, num_frames: int = 33, fps: float = 16.0) -> Path:
-    """Render ``ttm_coins_reference.mp4`` from the example image and masks along ``REFERENCE_PATHS``."""
+def reference_trajectory(folder: Path = ROOT / "examples", num_frames: int = 33, fps: float = 16.0):
+    """(image float [H, W, 3] in 0..1, the reference clip's exact mask trajectory) from the example image and
+    masks moved along ``REFERENCE_PATHS`` (a ``ttm_core.types.Trajectory``)."""
     import json
-    import shutil
-    import tempfile
 
     import torch
 
-    from ttm_core.media import encode_video
-    from ttm_core.motion.cut_and_drag import cut_and_drag
     from ttm_core.motion.paths import parse_paths
     from ttm_core.motion.poses import mask_centroids
     from ttm_core.motion.render import trajectory_from_paths
     from ttm_core.types import ObjectPrompt, Objects, Prompts
 
-    image = torch.from_numpy(np.array(Image.open(out / "ttm_coins.png").convert("RGB"))).float() / 255.0
-    masks = torch.stack([torch.from_numpy(np.asarray(Image.open(out / name).convert("L")) > 127).float()
+    image = torch.from_numpy(np.array(Image.open(folder / "ttm_coins.png").convert("RGB"))).float() / 255.0
+    masks = torch.stack([torch.from_numpy(np.array(Image.open(folder / name).convert("L")) > 127).float()
                          for name in PICKS])
     prompts = Prompts("Two coins move on a table.", "Two coins move on a table.",
                       (ObjectPrompt("left coin", "a small silver coin"), ObjectPrompt("big coin", "a large coin")))
     objects = Objects(prompts, masks)
     paths = parse_paths(json.dumps(REFERENCE_PATHS), prompts, objects.size, num_frames, mask_centroids(masks))
-    trajectory = trajectory_from_paths(objects, paths, num_frames, fps)
+    return image, trajectory_from_paths(objects, paths, num_frames, fps)
+
+
+def reference_clip(out: Path) -> Path:
+    """Render ``ttm_coins_reference.mp4`` from the example image and masks along ``REFERENCE_PATHS``."""
+    import shutil
+    import tempfile
+
+    from ttm_core.media import encode_video
+    from ttm_core.motion.cut_and_drag import cut_and_drag
+
+    image, trajectory = reference_trajectory(out)
     frames = cut_and_drag(image, trajectory)
     with tempfile.TemporaryDirectory() as tmp:
-        (written,) = encode_video(frames, Path(tmp), "reference", "mp4", fps, quality=90)
+        (written,) = encode_video(frames, Path(tmp), "reference", "mp4", trajectory.fps, quality=90)
         target = out / "ttm_coins_reference.mp4"
         shutil.copy(written, target)
-    LOG.info("%s: %d frames at %g fps, %d bytes", target.name, num_frames, fps, target.stat().st_size)
+    LOG.info("%s: %d frames at %g fps, %d bytes", target.name, trajectory.num_frames, trajectory.fps,
+             target.stat().st_size)
     return target
 
 
