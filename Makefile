@@ -7,7 +7,8 @@ PYTEST_ARGS ?=
 SERVE_BASE ?= $(or $(TTM_SERVE_BASE),.comfyui/serve)
 COMFY_PY := $(or $(TTM_COMFYUI_PYTHON),$(PY))
 
-.PHONY: setup demo test test-fast lint serve bench-attention bench-stage2 bench-native bench-encode clean
+.PHONY: setup demo test test-fast lint serve bench-attention bench-stage2 bench-native bench-encode bench-flow-track \
+	bench-track-memory bench-plan clean
 
 setup:  ## build .venv (torch, deps, test tools), .comfyui/ComfyUI and .comfyui/frontends/ (newest frontend) from nothing; idempotent
 	bash tools/setup_env.sh
@@ -41,6 +42,15 @@ bench-native: setup  ## one sampling step of a random-weight native Wan, patched
 
 bench-encode: setup  ## Video Combine's peak extra memory encoding 120 frames of 512x512
 	$(PY) -m benchmarks encode --frames 120 --size 512 $(BENCH_ARGS)
+
+bench-flow-track: setup  ## the flow tracker's frames/s and IoU at 832x480x81 per settings row -> JSON at $(OUT)
+	$(PY) -m benchmarks flow-track --json $(or $(OUT),artifacts/bench-flow-track.json) $(BENCH_ARGS)
+
+bench-track-memory: setup  ## tracking peak memory vs clip length, streamed vs all frames at once -> JSON at $(OUT)
+	$(PY) -m benchmarks track-memory --json $(or $(OUT),artifacts/bench-track-memory.json) $(BENCH_ARGS)
+
+bench-plan: setup  ## Stage 1 plan backend: s/clip with the tiny local LLM, constrained vs not -> JSON at $(OUT)
+	$(PY) -m benchmarks plan --json $(or $(OUT),artifacts/bench-plan.json) $(BENCH_ARGS)
 
 clean:  ## remove the environment and every ComfyUI run folder
 	rm -rf .venv .comfyui artifacts

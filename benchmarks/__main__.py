@@ -18,14 +18,13 @@ Every benchmark measures its variants side by side in one run and prints ratios;
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
+from benchmarks import write_json
 from benchmarks.attention import DEFAULT_COVERAGES, DEFAULT_GRIDS, format_table, memory_command, run_attention_benchmark
 
 
@@ -44,7 +43,7 @@ def _emit(table: str, report: dict, json_path: str | None) -> int:
     """Print the table; write the whole report as JSON when asked."""
     sys.stdout.write(table)
     if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(json_path, report)
         sys.stdout.write(f"wrote {json_path}\n")
     return 0
 

@@ -13,7 +13,6 @@ usable plans and the ratio constrained / unconstrained. Nothing here asserts a t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -29,6 +28,7 @@ for _path in (ROOT, ROOT / "tests" / "support"):  # the tiny models live with th
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from benchmarks import write_json  # noqa: E402
 from tiny_models import make_tiny_llm  # noqa: E402
 from ttm_core.errors import TTMInputError  # noqa: E402
 from ttm_core.motion.plan import PlanObject, PlanRequest, plan_motion  # noqa: E402
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_plan_benchmark(options.rounds, options.max_new_tokens, options.attempts, options.threads)
     sys.stdout.write(format_report(report))
     if options.json:
-        Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(options.json, report)
         sys.stdout.write(f"wrote {options.json}\n")
     return 0
 

@@ -33,6 +33,8 @@ for extra in (ROOT, ROOT / "tests" / "support"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
+from benchmarks import write_json  # noqa: E402
+
 LOG = logging.getLogger(__name__)
 
 TRACKERS = ("meta", "hf", "sam3")
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
               "method": runs[0]["method"] if runs else ""}
     sys.stdout.write(format_report(report))
     if options.json:
-        Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(options.json, report)
         sys.stdout.write(f"wrote {options.json}\n")
     return 0
 
