@@ -8,6 +8,8 @@ Subcommands:
     native      one sampling step of a random-weight native ComfyUI Wan, patched vs unpatched
                 (``benchmarks.native_wan``; ComfyUI's Python).
     encode      Video Combine's peak extra memory encoding a clip (``benchmarks.encode_memory``).
+    flow-track  the weights-free flow tracker on CPU: frames/s and IoU per settings row at 832x480x81
+                (``benchmarks.flow_track``).
     track-memory  tracking memory vs clip length, streamed vs all frames at once (``benchmarks.track_memory``).
     plan        Stage 1's plan backend: seconds per clip with the tiny local LLM, constrained vs
                 unconstrained decoding (``benchmarks.plan``).
@@ -63,6 +65,22 @@ def _stage2_command(args: argparse.Namespace) -> int:
     return _emit(format_report(report), report, args.json)
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    parts = tuple(int(p) for p in text.lower().split("x"))
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WxH")
+    return parts  # type: ignore[return-value]
+
+
+def _flow_track_command(args: argparse.Namespace) -> int:
+    from benchmarks.flow_track import format_table as flow_table
+    from benchmarks.flow_track import run_flow_benchmark
+
+    width, height = args.size
+    report = run_flow_benchmark(height, width, args.frames, args.objects, args.rounds, args.threads)
+    return _emit(flow_table(report), report, args.json)
+
+
 def _stage2_memory_command(_: argparse.Namespace) -> int:
     from benchmarks.stage2 import memory_command as stage2_memory
 
@@ -103,6 +121,7 @@ _SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "_memory": lambda _: memory_command(),
     "stage2": _stage2_command,
     "_stage2_memory": _stage2_memory_command,
+    "flow-track": _flow_track_command,
 }
 
 
@@ -133,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     stage2.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     stage2.add_argument("--no-pipeline", action="store_true", help="only the denoising step")
     sub.add_parser("_stage2_memory", help=argparse.SUPPRESS)
+    flow = sub.add_parser("flow-track", help="the weights-free flow tracker: frames/s and IoU per settings (CPU)")
+    flow.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    flow.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds per row (default 3)")
+    flow.add_argument("--threads", type=int, default=None,
+                      help="OpenCV and torch CPU threads (default: leave their defaults)")
+    flow.add_argument("--size", type=_parse_size, default=(832, 480), help="frame size WxH (default 832x480)")
+    flow.add_argument("--frames", type=int, default=81, help="frames (default 81)")
+    flow.add_argument("--objects", type=int, default=2, help="objects in the scene (default 2)")
     sub.add_parser("native", help="native ComfyUI Wan: patched vs unpatched sampling step (own options)")
     sub.add_parser("encode", help="Video Combine: peak extra memory of encoding (own options)")
     sub.add_parser("track-memory", help="tracking memory vs clip length: streamed vs at once (own options)")

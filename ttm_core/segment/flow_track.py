@@ -28,7 +28,7 @@ Method (every object is a rigid-ish body: its first-frame mask moved by a simila
    (constant velocity: its mean motion over the last ``velocity_frames`` frames in which it was mostly
    visible) and comes back when uncovered, re-seeded against the first frame (usually within a few frames of
    reappearing; a sliver is not enough to re-seed). The re-seeding leaves the band along an occluder's edge
-   out and shows the template where the occluder is, so the occluder's texture does not drag the object.
+   out (the flow there bleeds between the two surfaces).
    Identities cannot swap: every pixel's label comes from one object's own mask and pose.
 6. **Leaving the frame.** An object keeps its pose (moving by its motion model) while outside; its pixels in
    the frame are drawn, none when it is wholly outside (``FlowTrackReport.outside``).
@@ -668,9 +668,6 @@ class _Tracker:
             # Outside the object only the template's own pixels: the background around the object (which
             # did not move with it) must not pull its edges.
             picture = np.where(track.anchor_outside, track.template, picture)
-        if covered.any():
-            # Where an object in front covers this one, its texture (moving its own way) would drag the flow.
-            picture = np.where(covered, track.template, picture)
         flow = self.anchor_flow.calc(np.ascontiguousarray(picture), track.template, None)
         found = self.fitter.fit(index, size[0], rearrange(flow, "h w c -> (h w) c"))
         if found is None:
