@@ -38,7 +38,8 @@ COVERED: dict[str, str] = {
     r"make lint": "test_make_test_lints_then_runs_pytest (make test runs make lint)",
     r"make setup": "every make target here runs it first",
     r"make serve PORT=\d+": "test_make_serve_as_written_answers_and_stops_on_sigterm",
-    r"make bench-(attention|stage2|native|encode)( OUT=\S+)?": "test_benchmark_targets_at_a_tiny_size",
+    r"make bench-(attention|stage2|native|encode|flow-track|track-memory|plan)( OUT=\S+)?":
+        "test_benchmark_targets_at_a_tiny_size",
     r"python -m benchmarks <name> --help": "test_every_benchmark_says_its_options",
     r"ttm-batch --server \S+( --server \S+)* --workflow \S+ --jobs jobs\.jsonl --out renders/":
         "test_ttm_batch_as_in_the_readme",
@@ -154,6 +155,9 @@ def test_benchmark_targets_at_a_tiny_size(tmp_path: Path) -> None:
         "bench-attention": "--grid 2x8x8 --coverage 0.3,0.15 --rounds 1 --threads 1 --no-memory",
         "bench-stage2": "--size 64 --frames 9 --rounds 1 --pipeline-rounds 1 --threads 1 --no-memory",
         "bench-native": "--width 64 --height 64 --frames 5 --rounds 1 --dim 128 --blocks 2",
+        "bench-flow-track": "--size 160x128 --frames 10 --rounds 1",
+        "bench-track-memory": "--lengths 3,5 --size 64x64 --trackers hf",
+        "bench-plan": "--rounds 1 --max-new-tokens 200 --threads 1",
     }
     for target, args in runs.items():
         out = tmp_path / f"{target}.json"
@@ -163,6 +167,13 @@ def test_benchmark_targets_at_a_tiny_size(tmp_path: Path) -> None:
             assert report["results"][0]["tokens"] == 2 * 8 * 8
         elif target == "bench-stage2":
             assert report["video_tokens"] == 3 * 4 * 4 and set(report["results"]) == {"step", "pipeline"}
+        elif target == "bench-flow-track":
+            assert report["scene"]["frames"] == 10 and report["results"][0]["name"] == "default"
+        elif target == "bench-track-memory":
+            assert [(r["tracker"], r["way"], r["frames"]) for r in report["runs"]] == [
+                ("hf", way, n) for n in (3, 5) for way in ("streamed", "at_once")]
+        elif target == "bench-plan":
+            assert report["rounds"] == 1 and set(report["results"]) == {"constrained", "unconstrained"}
         else:
             assert report["tokens"] == 2 * 4 * 4 and {c["case"] for c in report["cases"]} == {
                 "patched (strength 1)", "patched (strength 0.5)"}
@@ -226,7 +237,7 @@ def test_installing_the_requirements_leaves_torch_alone() -> None:
     assert not re.search(r"\btorch(vision|audio)?-\d", would), would
 
 
-@pytest.mark.parametrize("name", ["attention", "stage2", "native", "encode", "plan"])
+@pytest.mark.parametrize("name", ["attention", "stage2", "native", "encode", "plan", "flow-track", "track-memory"])
 def test_every_benchmark_says_its_options(name: str) -> None:
     result = subprocess.run([sys.executable, "-m", "benchmarks", name, "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
