@@ -167,7 +167,7 @@ def test_cancel_stops_tracking_promptly(comfy_server, client: ComfyClient) -> No
     assert client.run(track(warp_clip(3), ["7", 0]), timeout=300).status == "success"  # and the next one runs
 
 
-def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient) -> None:
+def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient, tiny_models: TinyModels) -> None:
     # Frames of another size than the masks.
     workflow = track(warp_clip(3), ["60", 0])
     workflow["60"] = {"class_type": "ImageScale", "inputs": {"image": ["7", 0], "upscale_method": "nearest-exact",
@@ -175,12 +175,18 @@ def test_bad_inputs_come_back_as_clear_errors(client: ComfyClient) -> None:
     expect_failure(client, workflow, "frames", "192x144", "384x288")
     # More frames than the clip has.
     expect_failure(client, track(warp_clip(3), ["7", 0], num_frames=5), "num_frames", "3 frames")
-    # A SAM 2 model loaded for images only.
+    # A Hugging Face SAM 2 folder loaded for images only (a Meta checkpoint always tracks).
     workflow = track(warp_clip(3), ["7", 0], ["30", 0])
-    workflow["30"] = {"class_type": "TTM_SAM2Loader", "inputs": {"model": TinyModels.SHIPPED["sam2"],
+    workflow["30"] = {"class_type": "TTM_SAM2Loader", "inputs": {"model": tiny_models.hf_sam2.name,
                                                                  "device": "cpu", "precision": "auto",
                                                                  "video_tracking": False}}
     expect_failure(client, workflow, "tracker", "video_tracking")
+    # A SAM 3 model that is not there (a SAM 2 folder is not listed for SAM 3 either).
+    for missing in ("no-such-sam3", "ttm-tiny-hf-sam2"):
+        workflow = track(warp_clip(3), ["7", 0], ["30", 0])
+        workflow["30"] = {"class_type": "TTM_SAM3TrackerLoader",
+                          "inputs": {"model": missing, "device": "cpu", "precision": "auto"}}
+        expect_failure(client, workflow, "model", missing, "models/sam3")
 
 
 def test_reference_video_workflow_as_shipped_recovers_the_clips_motion(client: ComfyClient) -> None:
