@@ -123,7 +123,8 @@ def wave_bend(amplitude: float, wavelength: float, frames: int, center_y: float)
 
 
 def render_scene(name: str, masks: torch.Tensor, poses: torch.Tensor, *, depth_order: Sequence[int] = (),
-                 seed: int = 0, noise: float = 0.01, bends: Sequence[Bend | None] = ()) -> Scene:
+                 seed: int = 0, noise: float = 0.01, bends: Sequence[Bend | None] = (),
+                 distractors: torch.Tensor | None = None) -> Scene:
     """Render textured objects moving over a textured background.
 
     Args:
@@ -133,6 +134,8 @@ def render_scene(name: str, masks: torch.Tensor, poses: torch.Tensor, *, depth_o
         seed: texture and noise seed.
         noise: standard deviation of per-frame Gaussian pixel noise (0..1 units).
         bends: per object, an optional non-rigid bend (``wave_bend``).
+        distractors: bool ``[K, H, W]``, static blobs painted into the background, each with a texture of its own
+            in object 1's colour (look-alikes a tracker must not jump to; not objects, label 0).
     Returns:
         the Scene; frames and labels at ``masks``' size.
     """
@@ -143,6 +146,8 @@ def render_scene(name: str, masks: torch.Tensor, poses: torch.Tensor, *, depth_o
     background = smooth_texture(height, width, generator, (0.45, 0.45, 0.42), contrast=0.18, cells=(40, 9))
     textures = torch.stack([smooth_texture(height, width, generator, palette[i % len(palette)])
                             for i in range(count)])  # [L, 3, H, W]
+    for area in distractors if distractors is not None else ():
+        background = torch.where(area, smooth_texture(height, width, generator, palette[0]), background)
     affines = pose_affines(poses, mask_centroids(masks))
     names = [f"object {i + 1}" for i in range(count)]
     objects = Objects(Prompts("scene", "", tuple(ObjectPrompt(n, n) for n in names)), masks.to(torch.float32))
@@ -189,6 +194,10 @@ def make_scene(name: str, height: int = 128, width: int = 160, frames: int = 32,
     over a small, slowly moving object 2, hiding it completely for several frames.  exit: a blob leaves through the
     right edge.  bending: a fish-like ellipse translates while a travelling wave bends it (non-rigid).
     several: ``objects`` blobs on separate paths (the benchmark's scene; some cross).
+    fast: a small blob (a tenth of the width) races along the lower part of an ellipse, accelerating from rest to 7.5 %
+    of the width per frame at mid-clip and slowing down again (at 32 frames; more frames turn it further, at the
+    same speeds), among six static look-alike blobs painted into the background, while a bigger object 2
+    drifts slowly across the top.
     """
     h, w = height, width
     generator = torch.Generator().manual_seed(seed + 1)
@@ -235,10 +244,27 @@ def make_scene(name: str, height: int = 128, width: int = 160, frames: int = 32,
             poses.append(_linear((x0 * w, y * h, 1.0, 0.0), (x1 * w, (y + 0.1 * (-1) ** i) * h, 1.2, 15.0 * (-1) ** i),
                                  frames))
         return render_scene(name, torch.stack(masks), torch.stack(poses, dim=1), seed=seed)
+    if name == "fast":
+        radius, peak = 0.05 * w, 0.075 * w  # the blob's radius; its top speed per frame
+        rx, ry, cx, cy = 0.33 * w, 0.3 * h, 0.5 * w, 0.45 * h
+        t = torch.arange(frames, dtype=torch.float64)
+        span = max(1, frames - 1)
+        # speed peak * sin(pi t / span) along the ellipse (measured with rx): the angle turned by frame t
+        theta = (peak / rx) * (span / math.pi) * (1.0 - torch.cos(math.pi * t / span))
+        theta = theta + math.pi / 2 - 0.5 * float(theta[-1])  # the top speed at the ellipse's lowest point
+        x, y = cx + rx * torch.cos(theta), cy + ry * torch.sin(theta)
+        small = blob(h, w, (float(x[0]), float(y[0])), radius, generator)
+        poses = [torch.stack([x, y, torch.ones_like(t), 40.0 * t / span], dim=-1),
+                 _linear((0.35 * w, 0.16 * h, 1.0, 0.0), (0.55 * w, 0.18 * h, 1.0, 0.0), frames)]
+        big = ellipse(h, w, (0.35 * w, 0.16 * h), (0.12 * s, 0.09 * s))
+        spots = [(0.2, 0.55), (0.4, 0.78), (0.62, 0.6), (0.8, 0.8), (0.5, 0.42), (0.15, 0.85)]
+        look_alikes = torch.stack([blob(h, w, (u * w, v * h), radius, generator) for u, v in spots])
+        return render_scene(name, torch.stack([small, big]), torch.stack(poses, dim=1), seed=seed,
+                            distractors=look_alikes)
     raise ValueError(f"unknown scene {name!r}; known: {', '.join(SCENES)}")
 
 
-SCENES = ("translation", "scaling", "rotation", "crossing", "occlusion", "exit", "bending", "several")
+SCENES = ("translation", "scaling", "rotation", "crossing", "occlusion", "exit", "bending", "several", "fast")
 
 
 def object_ious(predicted: torch.Tensor, truth: torch.Tensor, ids: Sequence[int],
