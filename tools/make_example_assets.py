@@ -25,7 +25,6 @@ from PIL import Image
 from scipy import ndimage
 from skimage import data, filters
 
-
 LOG = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

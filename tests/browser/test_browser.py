@@ -82,9 +82,10 @@ def load(page: Page, graph: dict) -> None:
 
 
 def test_there_are_ui_workflows() -> None:
-    assert [p.name for p in UI_WORKFLOWS] == ["ttm_cogvideox_i2v.json", "ttm_i2vgen_xl.json", "ttm_reference_video.json",
-                                              "ttm_sam2_llm.json", "ttm_wan21_generate_and_track.json",
-                                              "ttm_wan21_i2v_patch.json", "ttm_wan21_plan_llm.json", "ttm_wan22_ti2v.json", "ttm_warp_paths.json"]
+    assert [p.name for p in UI_WORKFLOWS] == [
+        "ttm_cogvideox_i2v.json", "ttm_i2vgen_xl.json", "ttm_reference_video.json", "ttm_sam2_llm.json",
+        "ttm_wan21_generate_and_track.json", "ttm_wan21_i2v_patch.json", "ttm_wan21_plan_llm.json",
+        "ttm_wan22_ti2v.json", "ttm_warp_paths.json"]
     for path in UI_WORKFLOWS:
         assert path.with_name(path.stem + "_api.json").exists(), f"{path.name} has no API-format twin"
 

@@ -104,7 +104,7 @@ def test_a_clip_from_a_video_file_tracks_like_its_decoded_frames(tiny_models: Ti
 
 
 def test_frame_sources_refuse_bad_clips(moving_squares, tmp_path) -> None:
-    frames, objects = moving_squares
+    frames, _ = moving_squares
     source = TensorFrames(frames)
     with pytest.raises(TTMInputError, match=r"num_frames: frames has 8 frames; from frame 0 every 2\. gives 4, but "
                                             r"num_frames asks for 5.*Fix: set num_frames to 4 or less"):
@@ -127,7 +127,7 @@ def test_frame_sources_refuse_bad_clips(moving_squares, tmp_path) -> None:
 
 def test_tracking_refuses_what_it_cannot_do(tiny_models: TinyModels, moving_squares) -> None:
     frames, objects = moving_squares
-    with pytest.raises(TTMInputError, match="tracker: .* was loaded without its video model.*video_tracking on"):
+    with pytest.raises(TTMInputError, match=r"tracker: .* was loaded without its video model.*video_tracking on"):
         track_objects(load_sam2(tiny_models.hf_sam2, video=False), frames, objects)
     with pytest.raises(TTMInputError, match="frames: the frames are 64x96 but the objects' masks are 128x96"):
         track_objects(load_sam2(tiny_models.meta_small_image), frames[:, :, :64], objects)
@@ -136,7 +136,7 @@ def test_tracking_refuses_what_it_cannot_do(tiny_models: TinyModels, moving_squa
 
 
 def test_sam3_loader_names_what_is_wrong(tiny_models: TinyModels, tmp_path) -> None:
-    with pytest.raises(TTMInputError, match="is not a SAM 3 tracker folder \\(model_type 'sam2_video'\\).*models/sam2"):
+    with pytest.raises(TTMInputError, match=r"is not a SAM 3 tracker folder \(model_type 'sam2_video'\).*models/sam2"):
         load_sam3_tracker(tiny_models.hf_sam2)
     image_only = tmp_path / "sam3-image"
     image_only.mkdir()
@@ -144,7 +144,7 @@ def test_sam3_loader_names_what_is_wrong(tiny_models: TinyModels, tmp_path) -> N
     with pytest.raises(TTMInputError, match="SAM 3's image model without the tracker"):
         load_sam3_tracker(image_only)
     (tmp_path / "sam3.pt").write_bytes(b"")
-    with pytest.raises(TTMInputError, match="sam3.pt is a file.*Meta's sam3.pt is not supported"):
+    with pytest.raises(TTMInputError, match=r"sam3\.pt is a file.*Meta's sam3\.pt is not supported"):
         load_sam3_tracker(tmp_path / "sam3.pt")
     with pytest.raises(TTMInputError, match="does not exist"):
         load_sam3_tracker(tmp_path / "missing")

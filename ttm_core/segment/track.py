@@ -86,7 +86,7 @@ class Tracked:
 
 def _runs(frames: list[int]) -> str:
     """'3-7, 12' from [3, 4, 5, 6, 7, 12]."""
-    parts: list[str] = []
+    parts: list[tuple[int, int]] = []
     for t in frames:
         if parts and t == parts[-1][1] + 1:
             parts[-1] = (parts[-1][0], t)
@@ -148,8 +148,8 @@ def track_objects(tracker: Any, frames: FrameSource | torch.Tensor, objects: Obj
             processor = tracker.video_processor
             steps = _hf_stream(processor, model, stream, objects, device)
         for done, (t, ids, logits) in enumerate(steps, 1):
-            order = [list(ids).index(object_id) for object_id in objects.ids]
-            logits = logits[order].float().cpu()
+            rows = [list(ids).index(object_id) for object_id in objects.ids]
+            logits = logits[rows].float().cpu()
             labels[t] = _labels_from_logits(logits, objects.ids)
             votes.add(logits)
             if progress:
