@@ -145,3 +145,35 @@ def test_the_native_engine_never_imports_the_nodes(path: Path) -> None:
             assert module.split(".")[0] in ("ttm_core", ""), f"{path.name}: 'from {'.' * level}{module}'"
         if level == 0:
             assert module.split(".")[0] not in ("ttm_core", "native"), f"{path.name} imports {module} absolutely"
+
+
+PROVIDED_BY_COMFYUI = {"torch", "torchvision", "safetensors_rust", "yaml", "aiohttp", "comfyui_frontend_package"}
+"""Distributions ComfyUI itself installs (its requirements.txt); the pack imports them without listing them."""
+OPTIONAL = {"sam2": "requirements-sam2.txt"}
+"""Imported lazily, installed on purpose by the user (the import error says how)."""
+
+
+def test_every_third_party_import_is_a_declared_requirement() -> None:
+    """A clean install gets everything the pack imports: each top-level module a pack file imports is the
+    standard library's, ComfyUI's, an optional extra, or belongs to a distribution in requirements.txt (a
+    missing OpenCV once passed every test here and failed on a fresh clone)."""
+    from importlib.metadata import packages_distributions
+
+    declared = {re.split(r"[<>=!~;\s\[]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+                for line in (ROOT / "requirements.txt").read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")}
+    owners = packages_distributions()
+    missing = set()
+    for path in [p for p in PACK_FILES if p not in BATCH_FILES]:
+        for module, level in imports(path):
+            top = module.split(".")[0]
+            if level or not top or top in sys.stdlib_module_names or top in COMFY_MODULES or top in OPTIONAL:
+                continue
+            if top in {"ttm_core", "native", "nodes", "benchmarks"}:
+                continue
+            dists = {d.lower().replace("_", "-") for d in owners.get(top, [])}
+            if dists & PROVIDED_BY_COMFYUI or top in PROVIDED_BY_COMFYUI:
+                continue
+            if not dists & declared:
+                missing.add(f"{path.relative_to(ROOT)}: {top} ({', '.join(sorted(dists)) or 'not installed'})")
+    assert not missing, sorted(missing)
