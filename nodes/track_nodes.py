@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import InputImpl, io
 
 from ..ttm_core.errors import TTMInputError
 from ..ttm_core.motion.fit_paths import UNITS, FitSettings, paths_json_from_trajectory
 from ..ttm_core.segment.flow_track import MIN_SIZE, PRESETS, FlowTrackSettings
 from ..ttm_core.segment.frames import FrameSource, TensorFrames, VideoFrames, select
 from ..ttm_core.segment.sam3 import SAM3_INSTALL_HINT, load_sam3_tracker, sam3_available
-from ..ttm_core.segment.track import track_objects
+from ..ttm_core.segment.track import check_inputs, check_tracker, track_objects
 from ._common import CATEGORY, Objects, Trajectory, check_combo, progress_callback
 from ._models import (
     DEVICES,
@@ -111,30 +111,31 @@ class FlowTracker(io.ComfyNode):
 
 
 def frame_source(frames: Any) -> FrameSource:
-    """An IMAGE batch as it is, or a core VIDEO streamed from its file (decoded frame by frame)."""
+    """An IMAGE batch as it is; a core VIDEO from a file (Load Video) streamed from that file, decoded frame by
+    frame; any other VIDEO (e.g. Create Video's frames in memory) from its components.
+
+    The file's frame count, rate and size are read by PyAV (``frames._probe``: the container's count, else
+    its packets counted), not taken from core's estimates (its count falls back to duration x rate, its
+    rate to 1 fps)."""
     if isinstance(frames, torch.Tensor):
         return TensorFrames(frames, name="frames")
-    if hasattr(frames, "get_stream_source"):  # VideoFromFile: stream, never decode the whole clip at once
-        width, height = frames.get_dimensions()
-        return VideoFrames(frames.get_stream_source(), count=int(frames.get_frame_count()),
-                           fps=float(frames.get_frame_rate()), size=(int(height), int(width)), name="frames")
-    if hasattr(frames, "get_components"):  # VideoFromComponents: the frames are in memory already
+    if isinstance(frames, InputImpl.VideoFromFile):
+        return VideoFrames(frames.get_stream_source(), name="frames")
+    if hasattr(frames, "get_components"):  # frames in memory already (VideoFromComponents and the like)
         components = frames.get_components()
         return TensorFrames(components.images, fps=float(components.frame_rate), name="frames")
     raise TTMInputError("frames", f"{type(frames).__name__} is neither an IMAGE batch nor a VIDEO",
                         "connect frames from an I2V graph (IMAGE) or core Load Video (VIDEO)")
 
 
-def _tracker(tracker: Any) -> tuple[Any, torch.device, torch.dtype]:
-    """(ttm_core tracker, device, dtype) for the socket value; nothing connected = the flow tracker."""
+def _tracker(tracker: Any) -> tuple[Any, Managed | None]:
+    """(ttm_core tracker, the managed model around it or None) for the socket value; nothing connected = the
+    flow tracker. Nothing is loaded here."""
     if tracker is None:
-        return FlowTrackSettings(), torch.device("cpu"), torch.float32
-    if isinstance(tracker, FlowTrackSettings):
-        return tracker, torch.device("cpu"), torch.float32
+        return FlowTrackSettings(), None
     if isinstance(tracker, Managed):
-        return tracker.handle, tracker.load(), tracker.dtype
-    raise TTMInputError("tracker", f"{type(tracker).__name__} is not a tracker",
-                        "connect a SAM2 Loader (video tracking on), a SAM3 Tracker Loader or a Flow Tracker")
+        return tracker.handle, tracker
+    return tracker, None
 
 
 class TrackObjects(io.ComfyNode):
@@ -185,7 +186,10 @@ class TrackObjects(io.ComfyNode):
                 paths_tolerance: float, tracker: Any = None) -> io.NodeOutput:
         source = frame_source(frames)
         clip = select(source, num_frames=num_frames, stride=stride, start=start_frame, fps=fps)
-        handle, device, dtype = _tracker(tracker)
+        handle, managed = _tracker(tracker)
+        check_inputs(source, objects)  # the cheap refusals first: only then is a model moved to its device
+        check_tracker(handle)
+        device, dtype = (managed.load(), managed.dtype) if managed else (torch.device("cpu"), torch.float32)
         tracked = track_objects(handle, source, objects, clip, device=device, dtype=dtype,
                                 progress=progress_callback(cls.hidden.unique_id))
         trajectory = tracked.trajectory()

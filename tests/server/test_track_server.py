@@ -212,3 +212,26 @@ def test_reference_video_workflow_as_shipped_recovers_the_clips_motion(client: C
         assert abs(last["x"] - end["x"]) <= 4 and abs(last["y"] - end["y"]) <= 4, (name, last)
     # The big coin's 30 degree turn is not in the paths: a tracked trajectory is a label video, and a disc's mask
     # has no orientation to measure (its mask moments are isotropic), so the fit keeps rotation 0.
+
+
+def test_a_video_made_from_frames_tracks_like_the_frames(client: ComfyClient) -> None:
+    """Core Create Video (a VIDEO held as frames, not a file) into Track Objects: the same labels as the IMAGE
+    batch it was made from."""
+    workflow = track(warp_clip(), ["70", 0])
+    workflow["70"] = {"class_type": "CreateVideo", "inputs": {"images": ["7", 0], "fps": 16.0}}
+    result = client.run(workflow, timeout=300)
+    from_video = labels_of(client, result, "21")
+    workflow = track(warp_clip(), ["7", 0])
+    from_images = labels_of(client, client.run(workflow, timeout=300), "21")
+    assert from_video.shape == (FRAMES, 288, 384) and np.array_equal(from_video, from_images)
+
+
+def test_generate_and_track_drafts_from_the_motion_prompt(client: ComfyClient) -> None:
+    """The draft's text encoder takes Prompt Decompose's motion_text (c_motion), in both twins."""
+    # ComfyUI 0.3.75 lists V3 outputs' names as their types; the tooltips say which output is which.
+    outputs = client.object_info()["TTM_PromptDecompose"]["output_tooltips"]
+    api = load_workflow("ttm_wan21_generate_and_track_api.json")
+    (draft,) = [node for node in api.values() if node["class_type"] == "KSampler"]
+    encoder = api[draft["inputs"]["positive"][0]]  # WanImageToVideo -> its positive conditioning's encoder
+    text = api[encoder["inputs"]["positive"][0]]["inputs"]["text"]
+    assert api[text[0]]["class_type"] == "TTM_PromptDecompose" and outputs[text[1]].startswith("The motion prompt")

@@ -183,15 +183,15 @@ def select(source: FrameSource, num_frames: int = 0, stride: int = 1, start: int
     available = (source.count - start + stride - 1) // stride
     count = num_frames or available
     if count > available:
-        raise TTMInputError("num_frames", f"{source.name} has {source.count} frames; from frame {start} every "
-                            f"{stride}. gives {available}, but num_frames asks for {count}",
+        raise TTMInputError("num_frames", f"{source.name} has {source.count} frames; taking every {stride} from "
+                            f"frame {start} gives {available}, but num_frames asks for {count}",
                             f"set num_frames to {available} or less (0 = all), or lower the stride")
     if fps <= 0:
         fps = (source.fps / stride) if source.fps else 16.0
     if not math.isfinite(fps) or fps <= 0:
         raise TTMInputError("fps", f"fps {fps} is not a positive number", "use e.g. 16")
     indices = range(start, start + count * stride, stride)
-    note = (f"tracking {count} of {source.count} frames of {source.name} (from frame {start}, every {stride}.) "
+    note = (f"tracking {count} of {source.count} frames of {source.name} (from frame {start}, taking every {stride}) "
             f"at {fps:g} fps")
     return Clip(indices, float(fps), note)
 

@@ -104,6 +104,20 @@ def check_inputs(source: FrameSource, objects: Objects) -> None:
                             "size) so masks and frames line up")
 
 
+def check_tracker(tracker: Any) -> None:
+    """Refuse what cannot track (before any model is moved or any frame decoded)."""
+    from .flow_track import FlowTrackSettings
+
+    if isinstance(tracker, Sam2Model):
+        if tracker.video_model is None:
+            raise TTMInputError("tracker", f"{tracker.name} was loaded without its video model",
+                                "turn video_tracking on in the SAM2 Loader (a Hugging Face sam2_video folder), or "
+                                "load a Meta checkpoint")
+    elif not isinstance(tracker, (Sam3Tracker, FlowTrackSettings)):
+        raise TTMInputError("tracker", f"{type(tracker).__name__} is not a tracker",
+                            "connect a SAM2 Loader (video tracking on), a SAM3 Tracker Loader or a Flow Tracker")
+
+
 def track_objects(tracker: Any, frames: FrameSource | torch.Tensor, objects: Objects, clip: Clip | None = None, *,
                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                   progress: ProgressFn | None = None) -> Tracked:
@@ -127,16 +141,9 @@ def track_objects(tracker: Any, frames: FrameSource | torch.Tensor, objects: Obj
     check_inputs(source, objects)
     clip = clip or select(source)
     device = torch.device(device)
+    check_tracker(tracker)
     if isinstance(tracker, FlowTrackSettings):
         return _flow(tracker, source, objects, clip, progress)
-    if isinstance(tracker, Sam2Model):
-        if tracker.video_model is None:
-            raise TTMInputError("tracker", f"{tracker.name} was loaded without its video model",
-                                "turn video_tracking on in the SAM2 Loader (a Hugging Face sam2_video folder), or "
-                                "load a Meta checkpoint")
-    elif not isinstance(tracker, Sam3Tracker):
-        raise TTMInputError("tracker", f"{type(tracker).__name__} is not a tracker",
-                            "connect a SAM2 Loader (video tracking on), a SAM3 Tracker Loader or a Flow Tracker")
     labels = torch.zeros(clip.count, *objects.size, dtype=torch.uint8)
     votes = _DepthVotes(objects.count)
     stream = source.frames(clip.indices)
