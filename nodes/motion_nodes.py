@@ -9,10 +9,11 @@ from comfy_api.latest import io
 
 from ..ttm_core.errors import TTMInputError
 from ..ttm_core.motion.paths import attach_splines, format_paths, normalized_paths, parse_paths
-from ..ttm_core.motion.plan import plan_objects
+from ..ttm_core.motion.plan import PlanResult, plan_objects
 from ..ttm_core.motion.poses import mask_centroids
 from ..ttm_core.motion.render import trajectory_from_paths
 from ..ttm_core.prompts.llm import HttpLLM
+from ..ttm_core.types import Objects as ObjectsValue
 from ._common import CATEGORY, Objects, Trajectory, check_combo, progress_callback
 from ._models import Managed
 from .llm_nodes import Llm
@@ -36,12 +37,13 @@ def _depth_order(text: str, objects) -> tuple[int, ...]:
     return order
 
 
-def _plan(llm: Managed | HttpLLM | None, objects, num_frames: int, fps: float, seed: int, temperature: float,
-          max_new_tokens: int, attempts: int, node_id: str | None):
+def _plan(llm: Managed | HttpLLM | None, objects: ObjectsValue, num_frames: int, fps: float, *, seed: int,
+          temperature: float, max_new_tokens: int, attempts: int, node_id: str | None) -> PlanResult:
     if llm is None:
         raise TTMInputError("llm", "the plan backend needs an LLM",
                             "connect an LLM Loader or an LLM Endpoint node to the llm input, or use the paths backend")
-    handle, device = (llm.handle, llm.load()) if isinstance(llm, Managed) else (llm, None)
+    # A managed local model is moved to its device only after the request has been checked.
+    handle, device = (llm.handle, llm.load) if isinstance(llm, Managed) else (llm, None)
     return plan_objects(handle, objects, num_frames, fps, seed=seed, temperature=temperature,
                         max_new_tokens=max_new_tokens, attempts=attempts, device=device,
                         progress=progress_callback(node_id))
@@ -137,8 +139,8 @@ class ImageToMotion(io.ComfyNode):
         spec: str | dict = paths
         planned = None
         if backend == "plan":
-            planned = _plan(llm, objects, num_frames, fps, seed, temperature, max_new_tokens, attempts,
-                            cls.hidden.unique_id)
+            planned = _plan(llm, objects, num_frames, fps, seed=seed, temperature=temperature,
+                            max_new_tokens=max_new_tokens, attempts=attempts, node_id=cls.hidden.unique_id)
             spec = planned.paths
         elif spline_coords is not None and spline_coords.strip():
             canvas = (spline_width or width, spline_height or height)

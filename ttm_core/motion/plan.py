@@ -56,6 +56,8 @@ from .poses import mask_centroids
 
 LOG = logging.getLogger(__name__)
 
+Device = torch.device | str | None
+
 Easing = Literal["linear", "ease_in", "ease_out", "ease_in_out", "hold"]
 EASING_NAMES: tuple[Easing, ...] = get_args(Easing)
 """The easings of ``motion.paths.EASINGS`` (a test keeps the two equal)."""
@@ -658,7 +660,7 @@ _PLAN_FIX = ("use a larger instruction-tuned model, raise max_new_tokens, turn c
 
 
 def plan_motion(llm: LocalLLM | HttpLLM, request: PlanRequest, *, seed: int = 0, temperature: float = 0.0,
-                max_new_tokens: int = 1024, attempts: int = 3, device: torch.device | str | None = None,
+                max_new_tokens: int = 1024, attempts: int = 3, device: Device | Callable[[], Device] = None,
                 progress: Callable[[int, int], None] | None = None) -> PlanResult:
     """Plan every object's motion with the LLM and convert the plan to the paths JSON v1.
 
@@ -672,7 +674,9 @@ def plan_motion(llm: LocalLLM | HttpLLM, request: PlanRequest, *, seed: int = 0,
         max_new_tokens: the answer's token budget (a local constrained model closes the plan
             before it runs out).
         attempts: 1..10 answers at most; each rejected one is shown back with its problem.
-        device: where a local model runs (default: where it is).
+        device: where a local model runs (default: where it is), or a function returning it, called
+            once the request and budget are checked (so a managed model is moved to its device only
+            for a request that can run).
         progress: called with (tokens so far, max_new_tokens) while a local model writes.
     Returns:
         PlanResult; raises TTMInputError (input ``llm``) quoting the last problem and answer when
@@ -686,7 +690,9 @@ def plan_motion(llm: LocalLLM | HttpLLM, request: PlanRequest, *, seed: int = 0,
         if max_new_tokens < needed:
             raise TTMInputError("max_new_tokens", f"{max_new_tokens} tokens are too few to plan "
                                 f"{len(request.objects)} object(s) with this tokenizer",
-                                f"use at least {2 * needed}")
+                                f"use at least {needed} ({2 * needed} leaves room for numbers)")
+    if callable(device):  # everything cheap is checked: now move a managed model to its device
+        device = device()
     plan, answer, used = ask(llm, build_plan_messages(request), lambda text: parse_plan_answer(text, request),
                              answer_format=answer_format, correct=plan_correction, fix=_PLAN_FIX, seed=seed,
                              temperature=temperature, max_new_tokens=max_new_tokens, attempts=attempts,
@@ -699,7 +705,7 @@ def plan_motion(llm: LocalLLM | HttpLLM, request: PlanRequest, *, seed: int = 0,
 
 def plan_objects(llm: LocalLLM | HttpLLM, objects: Objects, num_frames: int, fps: float, *, motion_prompt: str = "",
                  seed: int = 0, temperature: float = 0.0, max_new_tokens: int = 1024, attempts: int = 3,
-                 device: torch.device | str | None = None,
+                 device: Device | Callable[[], Device] = None,
                  progress: Callable[[int, int], None] | None = None) -> PlanResult:
     """``plan_motion`` for ``objects`` (first-frame masks and prompts), what Image To Motion's plan backend calls.
 
