@@ -106,8 +106,8 @@ def test_a_clip_from_a_video_file_tracks_like_its_decoded_frames(tiny_models: Ti
 def test_frame_sources_refuse_bad_clips(moving_squares, tmp_path) -> None:
     frames, _ = moving_squares
     source = TensorFrames(frames)
-    with pytest.raises(TTMInputError, match=r"num_frames: frames has 8 frames; taking every 2 from frame 0 gives 4, but "
-                                            r"num_frames asks for 5.*Fix: set num_frames to 4 or less"):
+    with pytest.raises(TTMInputError, match=r"num_frames: frames has 8 frames; taking every 2 from frame 0 gives 4, "
+                                            r"but num_frames asks for 5.*Fix: set num_frames to 4 or less"):
         select(source, num_frames=5, stride=2)
     with pytest.raises(TTMInputError, match="start_frame: start frame 8 is outside the 8 frames"):
         select(source, start=8)
