@@ -39,7 +39,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -375,6 +374,11 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray, threshold: float) -> np.nda
         out[:, 2] = dst[0] - src[0]
         return out
     if len(src) >= 3:
+        try:
+            import cv2  # optional dependency of the pack, as for the flow tracker
+        except ImportError as err:
+            raise TTMInputError("tracks", f"OpenCV is not installed ({err})",
+                                "pip install opencv-python-headless into ComfyUI's Python") from err
         cv2.setRNGSeed(0)
         affine, inliers = cv2.estimateAffinePartial2D(src.astype(np.float64), dst.astype(np.float64),
                                                       method=cv2.RANSAC, ransacReprojThreshold=threshold,
