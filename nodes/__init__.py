@@ -9,6 +9,7 @@ from ..ttm_core.environment import check_torch
 
 check_torch(torch.__version__)  # before the node modules: a too-old torch is named, not a confusing AttributeError
 
+from . import format_nodes
 from ._models import register_model_folders
 from .llm_nodes import LLMEndpoint, LLMLoader
 from .model_nodes import VideoModelLoader
@@ -43,6 +44,8 @@ NODES: list[type[io.ComfyNode]] = [
     SAM3TrackerLoader,
     FlowTracker,
     TrajectoryToPaths,
+    # core's and the peers' formats (issue 12)
+    *format_nodes.NODES,
 ]
 
 
