@@ -19,6 +19,7 @@ from .prompt_nodes import PromptDecompose
 from .segment_nodes import DetectorLoader, SAM2Loader, SAM2Segment
 from .stage2_nodes import DiffusersMotionToVideo, MaskedMotionToVideo, WanMotionToVideo, WarpMotionToVideo
 from .track_nodes import FlowTracker, SAM3TrackerLoader, TrackObjects, TrajectoryToPaths
+from .trajectory_io_nodes import LoadTrajectory, SaveTrajectory
 from .video_nodes import VideoCombine
 
 NODES: list[type[io.ComfyNode]] = [
@@ -43,6 +44,9 @@ NODES: list[type[io.ComfyNode]] = [
     SAM3TrackerLoader,
     FlowTracker,
     TrajectoryToPaths,
+    # saved trajectories (issue 12)
+    SaveTrajectory,
+    LoadTrajectory,
 ]
 
 
