@@ -20,6 +20,7 @@ from .prompt_nodes import PromptDecompose
 from .segment_nodes import DetectorLoader, SAM2Loader, SAM2Segment
 from .stage2_nodes import DiffusersMotionToVideo, MaskedMotionToVideo, WanMotionToVideo, WarpMotionToVideo
 from .track_nodes import FlowTracker, SAM3TrackerLoader, TrackObjects, TrajectoryToPaths
+from .trajectory_io_nodes import LoadTrajectory, SaveTrajectory
 from .video_nodes import VideoCombine
 
 NODES: list[type[io.ComfyNode]] = [
@@ -46,6 +47,9 @@ NODES: list[type[io.ComfyNode]] = [
     TrajectoryToPaths,
     # core's and the peers' formats (issue 12)
     *format_nodes.NODES,
+    # saved trajectories (issue 12)
+    SaveTrajectory,
+    LoadTrajectory,
 ]
 
 

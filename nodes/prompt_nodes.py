@@ -14,6 +14,12 @@ from ._models import Managed
 from .llm_nodes import Llm
 
 BACKENDS = ("manual", "llm_answer", "llm")
+_UNLINKED = object()  # validate_inputs: an optional input that is absent (a linked one arrives as None)
+
+
+def _answer_socket_error(backend: str) -> TTMInputError:
+    return TTMInputError("llm_answer_text", f"an LLM answer is connected but the backend is {backend!r}",
+                         "set backend to llm_answer to parse it, or disconnect llm_answer_text")
 
 
 def _decompose(backend: str, global_prompt: str, motion_prompt: str, objects: str, llm_answer: str):
@@ -75,6 +81,10 @@ class PromptDecompose(io.ComfyNode):
                 io.Int.Input("attempts", default=3, min=1, max=10, optional=True,
                              tooltip="llm backend: a malformed answer is shown to the LLM with what was wrong and "
                                      "asked again, up to this many answers in all."),
+                io.String.Input("llm_answer_text", force_input=True, optional=True,
+                                tooltip="llm_answer backend: an LLM's answer from another node (e.g. core "
+                                        "TextGenerate's generated_text), parsed strictly like the llm_answer "
+                                        "widget, which it replaces while connected."),
             ],
             outputs=[
                 Prompts.Output("prompts", tooltip="The decomposed prompts (TTM_PROMPTS)."),
@@ -88,10 +98,14 @@ class PromptDecompose(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, backend=None, global_prompt=None, motion_prompt=None, objects=None,
-                        llm_answer=None) -> bool | str:
+                        llm_answer=None, llm_answer_text=_UNLINKED) -> bool | str:
         combo = check_combo("backend", backend, BACKENDS)
         if combo is not True:
             return combo
+        if llm_answer_text is not _UNLINKED:  # connected (or given as text in an API prompt)
+            if backend is not None and backend != "llm_answer":
+                return str(_answer_socket_error(backend))
+            llm_answer = llm_answer_text  # None while linked: parsed when it runs
         # With every text a widget value, parse now: errors come back before anything runs.
         values = (global_prompt, motion_prompt, objects, llm_answer)
         if backend == "llm":
@@ -109,12 +123,22 @@ class PromptDecompose(io.ComfyNode):
     @classmethod
     def execute(cls, backend: str, global_prompt: str, motion_prompt: str, objects: str, llm_answer: str,
                 llm=None, seed: int = 0, temperature: float = 0.0, max_new_tokens: int = 512,
-                attempts: int = 3) -> io.NodeOutput:
+                attempts: int = 3, llm_answer_text: str | None = None) -> io.NodeOutput:
+        if llm_answer_text is not None:
+            if backend != "llm_answer":
+                raise _answer_socket_error(backend)
+            llm_answer = llm_answer_text
         if backend == "llm":
             result = _ask_llm(llm, global_prompt, seed, temperature, max_new_tokens, attempts, cls.hidden.unique_id)
             prompts, answer = result.prompts, result.answer
         else:
-            prompts = _decompose(backend, global_prompt, motion_prompt, objects, llm_answer)
+            try:
+                prompts = _decompose(backend, global_prompt, motion_prompt, objects, llm_answer)
+            except TTMInputError as err:
+                if llm_answer_text is None or err.input_name != "llm_answer":
+                    raise
+                # Name the socket the answer came through, not the widget it replaced.
+                raise TTMInputError("llm_answer_text", err.problem, err.fix) from None
             answer = json.dumps({"motion_prompt": prompts.motion_prompt,
                                  "objects": [{"name": o.name, "prompt": o.local_prompt} for o in prompts.objects]},
                                 ensure_ascii=False)

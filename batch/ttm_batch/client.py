@@ -60,7 +60,7 @@ class PromptResult:
 
     def files(self) -> Iterator[OutputFile]:
         for node_id, output in self.history.get("outputs", {}).items():
-            for key in ("images", "gifs", "videos"):
+            for key in ("images", "gifs", "videos", "trajectories"):
                 for item in output.get(key, []) or []:
                     if isinstance(item, Mapping) and "filename" in item:
                         yield OutputFile(node_id, item["filename"], item.get("subfolder", ""),

@@ -10,16 +10,20 @@ workflow loads one)::
      "motion": "two coins slide",            # -> TTM_PromptDecompose.motion_prompt
      "objects": {"left coin": "a small coin"},      # or "name: prompt" lines -> .objects
      "paths": {"version": 1, "objects": {...}},     # -> TTM_ImageToMotion.paths
+     "trajectory": "shots/a_trajectory.npz",  # -> TTM_LoadTrajectory.file (uploaded first)
      "seed": 7,                              # -> every 'seed' / 'noise_seed' input
      "overrides": {"Image to Motion.num_frames": 25,            # node title (or id) . input
                    "Video Combine": {"format": "webm"},
                    "Mask: big coin.image": {"file": "other_mask.png"}}}   # uploaded first
 
 CSV: a header row with any of id, image, masks (';'-separated), prompt, motion, objects
-(lines, or ' | '-separated), paths (JSON), seed, plus one column per override named
+(lines, or ' | '-separated), paths (JSON), trajectory, seed, plus one column per override named
 ``<node title or id>.<input>`` (cells are parsed as JSON when they parse, else text).
 Relative file paths are relative to the jobs file. Validation uses the server's
 /object_info, so a typo is reported with its line number before anything is queued.
+A ``trajectory`` is a file Save Trajectory wrote (docs/TRAJECTORY_FILE.md); it is checked
+here (a readable archive of the version the pack reads) and uploaded to each server's input
+folder, where the workflow's one Load Trajectory node reads it.
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ import hashlib
 import json
 import re
 import unicodedata
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SEMANTIC_FIELDS = ("id", "image", "masks", "prompt", "motion", "objects", "paths", "seed", "overrides")
+SEMANTIC_FIELDS = ("id", "image", "masks", "prompt", "motion", "objects", "paths", "trajectory", "seed", "overrides")
+# What ttm_core.motion.trajectory_file writes (ttm_batch stands alone: it does not import ttm_core).
+TRAJECTORY_FORMAT, TRAJECTORY_VERSION, TRAJECTORY_META = "through-the-mask-trajectory", 1, "trajectory.json"
 SEED_INPUTS = ("seed", "noise_seed")
 ID_MAX_CHARS = 100
 ID_MAX_BYTES = 255  # a folder name on ext4, APFS, NTFS: the id is the job's folder under --out
@@ -287,6 +294,23 @@ def _file(base: Path, value: Any, what: str, line: int) -> FileValue:
     return FileValue(path.resolve())
 
 
+def _trajectory_file(base: Path, value: Any, line: int) -> FileValue:
+    """A Save Trajectory file: checked to be one, of the version the pack reads, before anything is queued."""
+    file = _file(base, value, "trajectory", line)
+    fix = "give a .npz written by Save Trajectory (Through-The-Mask), from the output folder"
+    try:
+        with zipfile.ZipFile(file.path) as archive:
+            meta = json.loads(archive.read(TRAJECTORY_META))
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, json.JSONDecodeError, OSError):
+        raise JobError(line, f"trajectory {value!r} is not a trajectory file", fix) from None
+    if not isinstance(meta, dict) or meta.get("format") != TRAJECTORY_FORMAT:
+        raise JobError(line, f"trajectory {value!r} is not a Through-The-Mask trajectory", fix)
+    if meta.get("version") != TRAJECTORY_VERSION:
+        raise JobError(line, f"trajectory {value!r} is a version {meta.get('version')!r} file; the pack reads "
+                       f"version {TRAJECTORY_VERSION}", "save it again with the servers' Save Trajectory")
+    return file
+
+
 def _one(index: WorkflowIndex, class_type: str, field_name: str, line: int) -> str:
     nodes = index.of_class(class_type)
     if len(nodes) != 1:
@@ -336,6 +360,9 @@ def validate_job(raw: RawJob, workflow: Mapping[str, Any], object_info: Mapping[
         value = fields["paths"]
         put(_one(index, "TTM_ImageToMotion", "paths", line), "paths", value if isinstance(value, str) else
             json.dumps(value))
+    if "trajectory" in fields:
+        put(_one(index, "TTM_LoadTrajectory", "trajectory", line), "file",
+            _trajectory_file(base, fields["trajectory"], line))
     if "seed" in fields:
         targets = [(i, n) for i, node in workflow.items() for n in SEED_INPUTS
                    if n in node.get("inputs", {}) and not isinstance(node["inputs"][n], list)]
