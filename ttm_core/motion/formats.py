@@ -375,10 +375,11 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray, threshold: float) -> np.nda
         return out
     if len(src) >= 3:
         try:
-            import cv2  # optional dependency of the pack, as for the flow tracker
+            import cv2  # a requirement of the pack (requirements.txt), imported when a fit needs it
         except ImportError as err:
-            raise TTMInputError("tracks", f"OpenCV is not installed ({err})",
-                                "pip install opencv-python-headless into ComfyUI's Python") from err
+            raise TTMInputError("tracks", f"OpenCV, a requirement of the pack, is not installed ({err})",
+                                "pip install -r requirements.txt (opencv-python-headless) into ComfyUI's "
+                                "Python") from err
         cv2.setRNGSeed(0)
         affine, inliers = cv2.estimateAffinePartial2D(src.astype(np.float64), dst.astype(np.float64),
                                                       method=cv2.RANSAC, ransacReprojThreshold=threshold,
