@@ -6,7 +6,7 @@ By default it uses the ComfyUI that `tools/setup_env.sh` installs (.comfyui/Comf
 
 Every server gets its own base directory (models, input, output, user, custom_nodes) so
 runs never touch each other or a user's ComfyUI folders; the pack is linked into its
-custom_nodes and the example inputs are copied into its input folder.
+custom_nodes and the example inputs (images, clip, saved trajectory) are copied into its input folder.
 
 A server serves ComfyUI's own frontend (the comfyui-frontend-package installed beside it; 1.32.9
 for the project's ComfyUI 0.3.75) unless given a frontend folder (``--front-end-root``);
@@ -131,7 +131,7 @@ def prepare_base_directory(base: Path) -> Path:
     if not link.exists():
         link.symlink_to(ROOT, target_is_directory=True)
     for example in (ROOT / "examples").iterdir():
-        if example.suffix in (".png", ".mp4"):
+        if example.suffix in (".png", ".mp4", ".npz"):  # images, the reference clip, the saved trajectory
             shutil.copy2(example, base / "input" / example.name)
     settings = base / "user" / "default" / "comfy.settings.json"
     if not settings.exists():

@@ -11,7 +11,13 @@ components. Two more assets serve motion transfer (workflows/ttm_reference_video
 * ``ttm_coins_gold.png``: the same photograph toned gold, standing in for an edited first frame
   (the "another image" the reference motion is transferred to; same layout, so the masks hold).
 
-Run: .venv/bin/python tools/make_example_assets.py
+A saved trajectory serves workflows/ttm_saved_trajectory_warp*.json and ttm-batch's ``trajectory`` field:
+
+* ``ttm_coins_trajectory.npz``: the mask trajectory of workflows/ttm_warp_paths_api.json (its Stage 1 up to
+  Image To Motion, 49 frames) written by Save Trajectory in a real ComfyUI (tools/comfy_harness.py), so the file
+  is exactly what the node writes (docs/TRAJECTORY_FILE.md).
+
+Run: .venv/bin/python tools/make_example_assets.py [--only trajectory]
 """
 
 from __future__ import annotations
@@ -35,7 +41,16 @@ PICKS = {"ttm_coins_mask_left.png": (116, 45), "ttm_coins_mask_right.png": (178,
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("trajectory",), default=None,
+                        help="regenerate only this asset (default: all of them)")
+    options = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if options.only == "trajectory":
+        saved_trajectory(ROOT / "examples")
+        return
     gray = data.coins()[CROP]
     rgb = np.repeat(gray[..., None], 3, axis=2)
     out = ROOT / "examples"
@@ -56,6 +71,7 @@ def main() -> None:
     gold = np.stack([gray * 1.0, gray * 0.82, gray * 0.45], axis=2) + np.array([18.0, 10.0, 0.0])
     Image.fromarray(np.clip(gold, 0, 255).astype(np.uint8)).save(out / "ttm_coins_gold.png", optimize=True)
     reference_clip(out)
+    saved_trajectory(out)
 
 
 REFERENCE_PATHS = {"version": 1, "units": "pixels", "objects": {
@@ -103,6 +119,36 @@ def reference_clip(out: Path) -> Path:
         shutil.copy(written, target)
     LOG.info("%s: %d frames at %g fps, %d bytes", target.name, trajectory.num_frames, trajectory.fps,
              target.stat().st_size)
+    return target
+
+
+SAVED_TRAJECTORY = "ttm_coins_trajectory.npz"
+
+
+def saved_trajectory(out: Path) -> Path:
+    """Write ``ttm_coins_trajectory.npz``: the warp workflow's trajectory saved by Save Trajectory in a real
+    ComfyUI (the harness copies the example image and masks into its input folder)."""
+    import json
+    import tempfile
+
+    if str(ROOT / "batch") not in sys.path:
+        sys.path.insert(0, str(ROOT / "batch"))
+    from tools.comfy_harness import ComfyServer
+    from ttm_batch.client import ComfyClient
+
+    workflow = json.loads((ROOT / "workflows" / "ttm_warp_paths_api.json").read_text())
+    keep = {"1", "2", "3", "4", "5", "6"}  # LoadImage, the two masks, Prompt Decompose, Objects, Image To Motion
+    if [workflow[k]["class_type"] for k in sorted(keep)][-1] != "TTM_ImageToMotion":
+        raise SystemExit("workflows/ttm_warp_paths_api.json changed: node 6 is not Image To Motion")
+    workflow = {k: v for k, v in workflow.items() if k in keep}
+    workflow["20"] = {"class_type": "TTM_SaveTrajectory",
+                      "inputs": {"trajectory": ["6", 0], "filename_prefix": "examples/ttm_coins_trajectory"}}
+    with tempfile.TemporaryDirectory(prefix="ttm-example-") as base, ComfyServer(Path(base)) as server:
+        client = ComfyClient(server.url, timeout=120)
+        (file,) = client.run(workflow, timeout=600).files()
+        target = out / SAVED_TRAJECTORY
+        target.write_bytes(client.view(file))
+    LOG.info("%s: %d bytes (Save Trajectory's %s)", target.name, target.stat().st_size, file.filename)
     return target
 
 
