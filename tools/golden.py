@@ -21,7 +21,7 @@ for extra in (ROOT, ROOT / "tests" / "support", ROOT / "batch"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from golden import DIFFUSERS, GOLDEN, frames_of, needs_native, prepared, save  # noqa: E402
+from golden import DIFFUSERS, GOLDEN, NOT_ON_PROJECT_COMFYUI, frames_of, needs_native, prepared, save, stem  # noqa: E402
 from native_wan import write_native_wan  # noqa: E402
 from tiny_diffusers import save_tiny  # noqa: E402
 from tiny_models import build_tiny_models  # noqa: E402
@@ -38,7 +38,11 @@ def main() -> int:
     options = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[golden] %(message)s")
     options.out.mkdir(parents=True, exist_ok=True)
-    names = options.only or sorted(p.name for p in (ROOT / "workflows").glob("*_api.json"))
+    names = options.only or sorted(p.name for p in (ROOT / "workflows").glob("*_api.json")
+                                   if stem(p.name) not in NOT_ON_PROJECT_COMFYUI)
+    for name in names:
+        if stem(name) in NOT_ON_PROJECT_COMFYUI:
+            parser.error(f"{name} has no golden frames: {NOT_ON_PROJECT_COMFYUI[stem(name)]}")
     with tempfile.TemporaryDirectory(prefix="ttm-golden-") as tmp:
         for native in (False, True):
             batch = [n for n in names if needs_native(n) == native]

@@ -28,7 +28,14 @@ from ttm_batch.client import ComfyClient
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 REFERENCE_FRAMES = 33
 """Frames of examples/ttm_coins_reference.mp4 (tools/make_example_assets.py)."""
-UI_WORKFLOWS = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith("_api.json"))
+NOT_ON_PROJECT_COMFYUI = {
+    "ttm_wanmove_tracks.json": "core's WanMoveTrackToVideo needs ComfyUI >= 0.8: on the project's ComfyUI 0.3.75 the "
+                               "frontend cannot even load it (a missing node type); test_wanmove_workflow.py "
+                               "checks it against core 0.8.0's schema instead",
+}
+"""Shipped UI workflows the frontend test cannot load on the project's ComfyUI, and why."""
+UI_WORKFLOWS = sorted(p for p in WORKFLOWS.glob("*.json")
+                      if not p.name.endswith("_api.json") and p.name not in NOT_ON_PROJECT_COMFYUI)
 # Workflows of the diffusers backend name the real model folders; before queueing from the page the test
 # swaps in a tiny random model of the same family (widget values per node type) and expects its frame count;
 # native Wan workflows get the tiny native checkpoints (native_wan.tiny_workflow) and run on the native server.
@@ -84,10 +91,15 @@ def load(page: Page, graph: dict) -> None:
 def test_there_are_ui_workflows() -> None:
     assert [p.name for p in UI_WORKFLOWS] == [
         "ttm_cogvideox_i2v.json", "ttm_i2vgen_xl.json", "ttm_reference_video.json", "ttm_sam2_llm.json",
-        "ttm_wan21_generate_and_track.json", "ttm_wan21_i2v_patch.json", "ttm_wan21_plan_llm.json",
-        "ttm_wan22_ti2v.json", "ttm_warp_paths.json"]
+        "ttm_saved_trajectory_warp.json", "ttm_wan21_generate_and_track.json", "ttm_wan21_i2v_patch.json",
+        "ttm_wan21_plan_llm.json", "ttm_wan22_ti2v.json", "ttm_warp_paths.json"]
     for path in UI_WORKFLOWS:
         assert path.with_name(path.stem + "_api.json").exists(), f"{path.name} has no API-format twin"
+    # Exempt, by name and with its reason: only the Wan-Move workflow, which uses a node 0.3.75 lacks.
+    assert list(NOT_ON_PROJECT_COMFYUI) == ["ttm_wanmove_tracks.json"]
+    assert "WanMoveTrackToVideo needs ComfyUI >= 0.8" in NOT_ON_PROJECT_COMFYUI["ttm_wanmove_tracks.json"]
+    exempt = json.loads((WORKFLOWS / "ttm_wanmove_tracks.json").read_text())
+    assert "WanMoveTrackToVideo" in {node["type"] for node in exempt["nodes"]}
 
 
 def test_missing_nodes_are_detected(request: pytest.FixtureRequest, artifacts: Path, frontend: str) -> None:
