@@ -1,5 +1,6 @@
 """ttm-batch jobs that name a saved trajectory: checked before queueing, uploaded to the server's input folder,
-read by the workflow's Load Trajectory node, rendered without any Stage 1 node in the workflow."""
+read by the workflow's Load Trajectory node, rendered without any Stage 1 node in the workflow; the README's example
+jobs with the shipped workflows/ttm_saved_trajectory_warp_api.json and examples/ttm_coins_trajectory.npz."""
 
 from __future__ import annotations
 
@@ -107,6 +108,37 @@ def test_jobs_render_a_saved_trajectory(server: ComfyServer, tmp_path: Path) -> 
             assert sum(1 for _ in container.decode(video=0)) == FRAMES
     uploaded = [p.name for p in (server.base / "input").glob("ttmb_*.npz")]
     assert uploaded and all("coins_trajectory" in name for name in uploaded)
+
+
+def readme_saved_trajectory_jobs() -> list[str]:
+    """The README's example jobs lines for the shipped saved-trajectory workflow."""
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines()
+             if line.startswith("{") and '"trajectory": "examples/ttm_coins_trajectory.npz"' in line]
+    assert len(lines) == 2, lines
+    return lines
+
+
+def test_shipped_workflow_renders_the_example_trajectory(server: ComfyServer, tmp_path: Path) -> None:
+    """The README's jobs, run by ttm-batch with the shipped workflow: both shots move as the warp workflow's."""
+    (tmp_path / "examples").symlink_to(EXAMPLES, target_is_directory=True)  # the jobs file "in the pack's folder"
+    jobs_path = tmp_path / "jobs.jsonl"
+    jobs_path.write_text("\n".join(readme_saved_trajectory_jobs()) + "\n")
+    workflow = ROOT / "workflows" / "ttm_saved_trajectory_warp_api.json"
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ttm_batch", "--server", server.url, "--workflow", str(workflow),
+               "--jobs", str(jobs_path), "--out", str(out), "--progress", "off"]
+    result = subprocess.run(command, cwd=ROOT, env=BATCH_ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    entries = {e["job"]: e for e in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert {job: e["status"] for job, e in entries.items()} == {"coins-saved": "done", "gold-saved": "done"}
+    for job, extension in (("coins-saved", ".mp4"), ("gold-saved", ".webm")):
+        (video,) = entries[job]["files"]
+        assert video.endswith(extension)
+        with av.open(str(out / video)) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        assert len(frames) == 49 and frames[0].shape == (288, 384, 3)  # the warp workflow's 49 frames
+    uploaded = [p.name for p in (server.base / "input").glob("ttmb_*.npz")]
+    assert any("ttm_coins_trajectory" in name for name in uploaded), uploaded
 
 
 def version_2(data: bytes) -> bytes:
