@@ -18,12 +18,13 @@ import pytest
 from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from common import WORKFLOWS
+from common import ROOT, WORKFLOWS
 from native_wan import TINY_FRAMES, TINY_SIZE, tiny_workflow
 from stage2_cases import link_tiny_models, tiny_model_dir  # noqa: F401 (fixture)
 from tools.browser import DIALOGS_JS, comfy_page, dialogs, fit_view, frontend_version, problem_dialogs, redraw
 from tools.comfy_harness import ComfyServer, frontend_root, frontends
 from ttm_batch.client import ComfyClient
+from ttm_core.motion.trajectory_file import read_trajectory
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 REFERENCE_FRAMES = 33
@@ -145,8 +146,16 @@ def tiny_swaps(path: Path, api: dict) -> tuple[dict[str, dict], int, bool]:
                  for node_id, node in tiny.items()}
         return {k: v for k, v in swaps.items() if v}, TINY_FRAMES, True
     motion = [node for node in api.values() if node["class_type"] == "TTM_ImageToMotion"]
-    # Without Image To Motion the trajectory is tracked through the reference clip: every one of its frames.
-    length = motion[0]["inputs"]["num_frames"] if motion else REFERENCE_FRAMES
+    saved = [node for node in api.values() if node["class_type"] == "TTM_LoadTrajectory"]
+    # Without Image To Motion the trajectory is loaded (the saved file's frames) or tracked through the reference
+    # clip (every one of its frames).
+    if motion:
+        length = motion[0]["inputs"]["num_frames"]
+    elif saved:
+        file = ROOT / "examples" / saved[0]["inputs"]["file"]
+        length = read_trajectory(file, shown=file.name).num_frames
+    else:
+        length = REFERENCE_FRAMES
     by_type, frames = DIFFUSERS_SWAPS.get(path.name, ({}, length))
     swaps = {node_id: dict(by_type[node["class_type"]]) for node_id, node in api.items()
              if node["class_type"] in by_type}
