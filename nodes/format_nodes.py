@@ -14,6 +14,7 @@ from comfy_api.latest import io
 from ..ttm_core.errors import TTMInputError
 from ..ttm_core.motion.cut_and_drag import cut_and_drag
 from ..ttm_core.motion.formats import (
+    ATI_LENGTH,
     TrackExportSettings,
     TrackFitSettings,
     ati_json_from_tracks,
@@ -44,7 +45,7 @@ FPS = dict(default=16.0, min=0.01, max=240.0, step=0.01, tooltip="Playback rate 
 def _id_order(text: str, what: str) -> tuple[int, ...]:
     """Comma-separated ids ('2, 1') -> ids; empty -> ()."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not all(p.isdigit() for p in parts):
+    if not all(p.isascii() and p.isdigit() for p in parts):
         raise TTMInputError("depth_order", f"{text!r} is not a comma-separated list of {what}",
                             f"list {what} front to back, e.g. '2, 1', or leave it empty")
     return tuple(int(p) for p in parts)
@@ -191,7 +192,8 @@ class TrajectoryFromTracks(io.ComfyNode):
         settings = TrackFitSettings(ransac_threshold, still_without_tracks)
         trajectory = trajectory_from_tracks(objects, path, visibility, fps, size, num_frames,
                                             _depth_order(depth_order, objects), settings, what,
-                                            progress_callback(cls.hidden.unique_id))
+                                            progress_callback(cls.hidden.unique_id),
+                                            ati_points=tracks is None and path.shape[0] == ATI_LENGTH)
         return _outputs(trajectory)
 
 

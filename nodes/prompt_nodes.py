@@ -117,6 +117,8 @@ class PromptDecompose(io.ComfyNode):
             try:
                 _decompose(backend, *values)
             except TTMInputError as err:
+                if llm_answer_text is not _UNLINKED and err.input_name == "llm_answer":  # the text came by the socket
+                    err = TTMInputError("llm_answer_text", err.problem, err.fix)
                 return str(err)
         return True
 

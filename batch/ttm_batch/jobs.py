@@ -34,6 +34,7 @@ import json
 import re
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,12 +301,17 @@ def _trajectory_file(base: Path, value: Any, line: int) -> FileValue:
     fix = "give a .npz written by Save Trajectory (Through-The-Mask), from the output folder"
     try:
         with zipfile.ZipFile(file.path) as archive:
+            damaged = archive.testzip()  # every member's CRC: a damaged file is refused here, not on the server
             meta = json.loads(archive.read(TRAJECTORY_META))
-    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, json.JSONDecodeError, OSError):
-        raise JobError(line, f"trajectory {value!r} is not a trajectory file", fix) from None
+    except (zipfile.BadZipFile, zlib.error, KeyError, UnicodeDecodeError, json.JSONDecodeError, OSError,
+            RuntimeError, NotImplementedError, EOFError):
+        raise JobError(line, f"trajectory {value!r} is not a readable trajectory file", fix) from None
+    if damaged is not None:
+        raise JobError(line, f"trajectory {value!r} is damaged ({damaged} fails its checksum)", fix)
     if not isinstance(meta, dict) or meta.get("format") != TRAJECTORY_FORMAT:
         raise JobError(line, f"trajectory {value!r} is not a Through-The-Mask trajectory", fix)
-    if meta.get("version") != TRAJECTORY_VERSION:
+    version = meta.get("version")
+    if type(version) is not int or version != TRAJECTORY_VERSION:  # 1.0 or true are not version 1
         raise JobError(line, f"trajectory {value!r} is a version {meta.get('version')!r} file; the pack reads "
                        f"version {TRAJECTORY_VERSION}", "save it again with the servers' Save Trajectory")
     return file

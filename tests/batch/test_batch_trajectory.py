@@ -65,18 +65,25 @@ def render_workflow() -> dict:
     }
 
 
+DAMAGED = "line 6: trajectory 'damaged.npz' is damaged (labels.npy fails its checksum)"
+
+
 def test_jobs_render_a_saved_trajectory(server: ComfyServer, tmp_path: Path) -> None:
     client = ComfyClient(server.url, timeout=60)
     trajectory = saved_trajectory(client, tmp_path)
     (tmp_path / "old.npz").write_bytes(version_2(trajectory.read_bytes()))
     (tmp_path / "image.npz").write_bytes((EXAMPLES / "ttm_coins.png").read_bytes())
+    damaged = bytearray(trajectory.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # one byte of the label video's compressed data
+    (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
     workflow_path = tmp_path / "workflow_api.json"
     workflow_path.write_text(json.dumps(render_workflow()))
     jobs = [{"id": "a", "image": str(EXAMPLES / "ttm_coins.png"), "trajectory": "shots/coins_trajectory.npz"},
             {"id": "b", "trajectory": str(trajectory), "overrides": {"Video Combine.format": "webm"}},
             {"id": "c", "trajectory": "shots/missing.npz"},
             {"id": "d", "trajectory": "old.npz"},
-            {"id": "e", "trajectory": "image.npz"}]
+            {"id": "e", "trajectory": "image.npz"},
+            {"id": "f", "trajectory": "damaged.npz"}]
     jobs_path = tmp_path / "jobs.jsonl"
     jobs_path.write_text("".join(json.dumps(j) + "\n" for j in jobs))
 
@@ -85,7 +92,8 @@ def test_jobs_render_a_saved_trajectory(server: ComfyServer, tmp_path: Path) -> 
     assert [str(e).split(". Fix:")[0] for e in errors] == [
         "line 3: trajectory 'shots/missing.npz' does not exist (" + str(tmp_path / "shots" / "missing.npz") + ")",
         "line 4: trajectory 'old.npz' is a version 2 file; the pack reads version 1",
-        "line 5: trajectory 'image.npz' is not a trajectory file"]
+        "line 5: trajectory 'image.npz' is not a readable trajectory file",
+        DAMAGED]
     assert valid[0].files == [("1", "image", (EXAMPLES / "ttm_coins.png").resolve()),
                               ("2", "file", trajectory.resolve())]
     stage1 = load_workflow("ttm_warp_paths_api.json")
@@ -97,10 +105,10 @@ def test_jobs_render_a_saved_trajectory(server: ComfyServer, tmp_path: Path) -> 
     command = [sys.executable, "-m", "ttm_batch", "--server", server.url, "--workflow", str(workflow_path),
                "--jobs", str(jobs_path), "--out", str(out), "--progress", "off"]
     result = subprocess.run(command, cwd=ROOT, env=BATCH_ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1, result.stderr[-3000:]  # the three refused lines fail, the rest run
+    assert result.returncode == 1, result.stderr[-3000:]  # the four refused lines fail, the rest run
     entries = {e["job"]: e for e in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
     assert {job: e["status"] for job, e in entries.items()} == \
-        {"a": "done", "b": "done", "c": "failed", "d": "failed", "e": "failed"}
+        {"a": "done", "b": "done", "c": "failed", "d": "failed", "e": "failed", "f": "failed"}
     for job, extension in (("a", ".mp4"), ("b", ".webm")):
         (video,) = entries[job]["files"]
         assert video.endswith(extension)

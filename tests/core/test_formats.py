@@ -17,6 +17,7 @@ from ttm_core.motion.formats import (
     TrackExportSettings,
     TrackFitSettings,
     ati_json_from_tracks,
+    ati_point_frames,
     masks_from_trajectory,
     motion_mask,
     pack_sam3_masks,
@@ -217,8 +218,11 @@ def test_ati_json_and_kjnodes_coordinates_in_and_out() -> None:
     assert parsed[0][-1] == {"x": round(float(path[-1, 0, 0]), 2), "y": round(float(path[-1, 0, 1]), 2)}
     points, seen = tracks_from_points(text)
     assert points.shape == (ATI_LENGTH, 16, 2) and seen.all()
-    back = trajectory_from_tracks(trajectory.objects, points, seen, 16.0, num_frames=T)
+    back = trajectory_from_tracks(trajectory.objects, points, seen, 16.0, num_frames=T, ati_points=True)
     assert mean_iou(trajectory, back) >= 0.9
+    # Each frame reads the point core's process_tracks reads for it, which holds that frame's position.
+    rows = [int(np.searchsorted(ati_point_frames(T), f)) for f in range(T)]
+    assert np.allclose(points[rows], path.double().numpy(), atol=0.006)
     # KJNodes' single-quoted coord_str: one spline moves the box; the coin stays still on request
     spline = str([{"x": 34 + 3 * t, "y": 32 + t} for t in range(T)])
     points, seen = tracks_from_points(spline, "coordinates")
@@ -270,3 +274,18 @@ def test_time_to_move_inputs() -> None:
     assert video.shape == (T, H, W, 3) and mask.shape == (T, H, W)
     assert torch.equal(mask, (trajectory.labels > 0).float())
     assert torch.allclose(video[0], image, atol=1e-6)
+
+
+@pytest.mark.parametrize("size, target, box", [
+    ((500, 1000), (480, 832), (0, 67, 500, 866)),  # core: round((1000 - 1000 * (832/480) / 2) / 2)
+    ((288, 384), (64, 64), (0, 48, 288, 288)),
+    ((288, 384), (480, 720), (16, 0, 256, 384)),
+    ((480, 640), (480, 640), (0, 0, 480, 640)),
+    ((1080, 1920), (480, 832), (0, 24, 1080, 1872)),
+])
+def test_center_crop_is_comfyuis_start_image_crop(size, target, box) -> None:
+    """The crop ComfyUI's common_upscale(crop="center") makes of a start image: margin rounded, both sides equal
+    (a box one pixel off would put every TRACKS point and mask one pixel off the image)."""
+    from ttm_core.motion.fit import center_crop_box
+
+    assert center_crop_box(size, target) == box

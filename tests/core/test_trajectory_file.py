@@ -177,3 +177,12 @@ def test_listing_finds_npz_files_in_subfolders(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     assert list_trajectory_files(tmp_path) == ["b.npz", "sub/a.npz"]
     assert list_trajectory_files(tmp_path / "none") == []
+
+
+def test_ttm_batch_checks_the_same_format_constants() -> None:
+    """ttm-batch (no torch, no ttm_core) keeps its own copy of the file's name, version and header: the same."""
+    from ttm_batch import jobs
+    from ttm_core.motion import trajectory_file
+
+    assert (jobs.TRAJECTORY_FORMAT, jobs.TRAJECTORY_VERSION, jobs.TRAJECTORY_META) == (
+        trajectory_file.FORMAT, trajectory_file.VERSION, trajectory_file.META)

@@ -154,6 +154,9 @@ def test_prompt_decompose_parses_an_answer_from_its_socket(comfy: ComfyClient) -
                                   {"name": "big coin", "prompt": "a large coin gliding down"}]}
     assert result.history["outputs"]["42"]["text"][0] == "Two coins slide across the table."
     expect_failure(comfy, decompose("Sure! Here you go."), "llm_answer_text: no motion prompt or object list found")
+    literal = decompose(ANSWER)
+    literal["4"]["inputs"]["llm_answer_text"] = "Sure! Here you go."  # given as text in an API prompt
+    expect_failure(comfy, literal, "llm_answer_text: no motion prompt or object list found")  # refused at queue
     expect_failure(comfy, decompose(ANSWER, backend="manual"),
                    "llm_answer_text: an LLM answer is connected but the backend is 'manual'",
                    "Fix: set backend to llm_answer to parse it, or disconnect llm_answer_text")

@@ -33,14 +33,22 @@ def frame_map(source_frames: int, target_frames: int) -> list[int]:
 
 
 def center_crop_box(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of the centre crop of ``size`` (H, W) with ``target``'s aspect."""
+    """(top, left, height, width) of the centre crop of ``size`` (H, W) with ``target``'s aspect.
+
+    Exactly the crop ComfyUI applies to a start image (``comfy.utils.common_upscale`` with crop
+    "center": the margin is rounded, the crop is what is left between two equal margins), so masks,
+    TRACKS and the image stay aligned pixel for pixel.
+    """
     height, width = size
     target_h, target_w = target
-    if width * target_h > height * target_w:  # source is wider: crop the sides
-        crop_w = max(1, round(height * target_w / target_h))
-        return 0, (width - crop_w) // 2, height, crop_w
-    crop_h = max(1, round(width * target_h / target_w))
-    return (height - crop_h) // 2, 0, crop_h, width
+    old_aspect, new_aspect = width / height, target_w / target_h
+    if old_aspect > new_aspect:  # source is wider: crop the sides
+        left = round((width - width * (new_aspect / old_aspect)) / 2)
+        return 0, left, height, max(1, width - 2 * left)
+    if old_aspect < new_aspect:
+        top = round((height - height * (old_aspect / new_aspect)) / 2)
+        return top, 0, max(1, height - 2 * top), width
+    return 0, 0, height, width
 
 
 def fit_trajectory(trajectory: Trajectory, height: int, width: int, num_frames: int) -> Trajectory:

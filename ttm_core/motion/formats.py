@@ -187,7 +187,7 @@ def parse_indices(text: str, count: int) -> list[int]:
         part = part.strip()
         if not part:
             continue
-        if not part.isdigit() or int(part) >= count:
+        if not (part.isascii() and part.isdigit()) or int(part) >= count:
             raise TTMInputError("object_indices", f"{part!r} is not an object index of this track data "
                                 f"(0..{count - 1})", "list SAM 3 object indices separated by commas, e.g. '0, 2'")
         if int(part) in indices:
@@ -414,7 +414,8 @@ def _resample_tracks(path: np.ndarray, vis: np.ndarray, frames: int) -> tuple[np
 def trajectory_from_tracks(objects: Objects, path: np.ndarray, visibility: np.ndarray, fps: float,
                            track_size: tuple[int, int] | None = None, num_frames: int = 0,
                            depth_order: Sequence[int] = (), settings: TrackFitSettings | None = None,
-                           what: str = "tracks", progress: ProgressFn | None = None) -> Trajectory:
+                           what: str = "tracks", progress: ProgressFn | None = None,
+                           ati_points: bool = False) -> Trajectory:
     """Move ``objects`` with point tracks: each object follows the similarity fit of the tracks starting in it.
 
     A track belongs to the front-most object whose first-frame mask contains its frame-0 point (and must be
@@ -433,6 +434,8 @@ def trajectory_from_tracks(objects: Objects, path: np.ndarray, visibility: np.nd
         settings: RANSAC threshold and what to do with objects no track starts in.
         what: the input name used in error messages.
         progress: called with (frame + 1, T) per rendered frame.
+        ati_points: the tracks are ATI JSON (121 points each): with ``num_frames`` each frame takes the point
+            core's ``process_tracks`` reads for it (``ati_point_frames``), not a linear resampling.
     """
     settings = settings or TrackFitSettings()
     size = objects.size
@@ -440,7 +443,11 @@ def trajectory_from_tracks(objects: Objects, path: np.ndarray, visibility: np.nd
     _check_track_values(path, visibility, source, what)
     if num_frames < 0:
         raise TTMInputError("num_frames", f"{num_frames} frames", "use 0 (as many as track points) or more")
-    path, visibility = _resample_tracks(path, visibility, num_frames or path.shape[0])
+    if ati_points and num_frames:
+        rows = [int(np.searchsorted(ati_point_frames(num_frames, path.shape[0]), frame)) for frame in range(num_frames)]
+        path, visibility = path[rows], visibility[rows]
+    else:
+        path, visibility = _resample_tracks(path, visibility, num_frames or path.shape[0])
     left, top, sx, sy = _crop_mapping(size, source)
     points = np.stack([path[..., 0] / sx + left, path[..., 1] / sy + top], axis=-1)  # object-image pixels
     order = _order(depth_order, objects.ids)
@@ -605,13 +612,42 @@ def tracks_dict(path: torch.Tensor, visibility: torch.Tensor) -> dict[str, torch
     return {"track_path": path.to(torch.float32), "track_visibility": visibility.to(torch.bool)}
 
 
+def ati_point_frames(num_frames: int, length: int = ATI_LENGTH) -> np.ndarray:
+    """float64 ``[length]``: the video frame each ATI point stands for, as core reads the points.
+
+    comfy_extras/nodes_wan.py ``process_tracks(tracks, size, num_frames=length_of_video - 1)`` keeps point 0 for
+    frame 0 and, for frame f >= 1, point ``1 + (1 + (f - 1) a) // b`` (``a = 120 / gcd(120, F)``,
+    ``b = F / gcd(120, F)``, F = frames - 1: its ``repeat_interleave(..., b)[1::a]``). Those points get exactly
+    their frame; points between them are interpolated in time, points after the last one hold it.
+    """
+    span = num_frames - 1
+    if span <= 0:
+        return np.zeros(length)
+    g = math.gcd(length - 1, span)
+    a, b = (length - 1) // g, span // g
+    hit: dict[int, float] = {0: 0.0}
+    for frame in range(1, span + 1):
+        hit.setdefault(1 + (1 + (frame - 1) * a) // b, float(frame))
+    points = sorted(hit)
+    return np.interp(np.arange(length), points, [hit[i] for i in points])
+
+
 def ati_json_from_tracks(path: torch.Tensor, length: int = ATI_LENGTH) -> str:
     """ATI track JSON (comfy_extras/nodes_wan.py ``WanTrackToVideo``): one list of ``{"x", "y"}`` per track,
-    resampled linearly in time to ``length`` (121) points spanning the clip, which core's ``process_tracks``
-    spreads over the video's frames. ATI's JSON has no visibility: every point is shown."""
-    resampled, _ = _resample_tracks(path.to(torch.float64).numpy(), np.ones(path.shape[:2], dtype=bool), length)
-    tracks = [[{"x": round(float(x), 2), "y": round(float(y), 2)} for x, y in resampled[:, n]]
-              for n in range(resampled.shape[1])]
+    ``length`` (121) points placed so that core's ``process_tracks`` reads, for every video frame, the
+    track's position at that frame (``ati_point_frames``). ATI's JSON has no visibility: every point is shown.
+
+    Args:
+        path: float ``[T, N, 2]`` (x, y) pixels, one row per video frame (T = the video's length).
+    """
+    track = path.to(torch.float64).numpy()
+    times = ati_point_frames(track.shape[0], length)
+    low = np.floor(times).astype(int)
+    high = np.minimum(low + 1, track.shape[0] - 1)
+    w = (times - low)[:, None, None]
+    points = track[low] * (1.0 - w) + track[high] * w
+    tracks = [[{"x": round(float(x), 2), "y": round(float(y), 2)} for x, y in points[:, n]]
+              for n in range(points.shape[1])]
     return json.dumps(tracks, separators=(",", ":"))
 
 

@@ -176,7 +176,7 @@ def trajectory_from_bytes(data: bytes, source: str = "the file", input_name: str
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise reader.error(f"is not a Through-The-Mask trajectory ({META} has no \"format\": \"{FORMAT}\")")
     version = meta.get("version")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # 1.0 or true are not version 1
         raise reader.error(f"is a version {version!r} trajectory file; this pack reads version {VERSION}",
                            f"save it again with this pack's Save Trajectory, or use the pack version that wrote it"
                            f"{' (a newer one)' if isinstance(version, int) and version > VERSION else ''}")
