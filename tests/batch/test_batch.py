@@ -92,9 +92,10 @@ def test_jobs_are_validated_against_workflow_and_object_info(client: ComfyClient
     workflow = load_workflow(WORKFLOW.name)
     valid, errors = validate_jobs(raws, workflow, client.object_info(), tmp_path)
     assert [j.id for j in valid] == ["shot-01", "shot-06", "shot-08"]
-    # 'seed' goes to every seed input: here Prompt Decompose's (LLM); the warp node takes none
+    # 'seed' goes to every seed input: here Prompt Decompose's (LLM) and Image To Motion's (plan); the warp node
+    # takes none
     assert {(node, name): value for (node, name), value in valid[1].settings.items() if name == "seed"} == \
-        {("4", "seed"): 3}
+        {("4", "seed"): 3, ("6", "seed"): 3}
     legacy = json.loads((ROOT / "tests" / "data" / "legacy" / WORKFLOW.name).read_text())
     legacy_valid, _ = validate_jobs(raws, legacy, client.object_info(), tmp_path)
     assert {(node, name): value for (node, name), value in legacy_valid[1].settings.items() if name == "seed"} == \
