@@ -92,6 +92,18 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.
   "${pip[@]}" -e ./batch
   touch "$stamp"
 fi
+# Training and data building (ttm-data, ttm-train): Ray, webdataset, peft, tensorboard
+# (requirements-train.txt), then the root distribution itself, editable and without dependencies
+# (they are requirements.txt's), for its two console scripts. Re-run when the scripts are missing:
+# the step above uninstalls the root distribution whenever it re-runs.
+stamp="$venv/.ttm-train"
+if [ ! -f "$stamp" ] || [ requirements-train.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+   || [ ! -x "$venv/bin/ttm-train" ] || [ ! -x "$venv/bin/ttm-data" ]; then
+  log "installing the training requirements and the ttm-data / ttm-train commands"
+  "${pip[@]}" -r requirements-train.txt
+  "${pip[@]}" --no-deps -e .
+  touch "$stamp"
+fi
 stamp="$venv/.ttm-sam2"
 if [ ! -f "$stamp" ] || [ requirements-sam2.txt -nt "$stamp" ]; then
   # Meta's sam2 (an sdist): no build isolation (it would fetch its own torch), no dependencies
