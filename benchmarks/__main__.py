@@ -11,6 +11,9 @@ Subcommands:
     flow-track  the weights-free flow tracker on CPU: frames/s and IoU per settings row at 832x480x81
                 (``benchmarks.flow_track``).
     track-memory  tracking memory vs clip length, streamed vs all frames at once (``benchmarks.track_memory``).
+    data-build  ttm-data build: clips per minute with 1 vs 2 worker processes (``benchmarks.data_build``).
+    train-step  ttm-train's Stage 2 training step vs a plain fine-tune of the same tiny base: time and peak
+                memory ratios (``benchmarks.train_step``).
     plan        Stage 1's plan backend: seconds per clip with the tiny local LLM, constrained vs
                 unconstrained decoding (``benchmarks.plan``).
 
@@ -105,6 +108,18 @@ def _track_memory(argv: list[str]) -> int:
     return track_memory_main(argv)
 
 
+def _data_build(argv: list[str]) -> int:
+    from benchmarks.data_build import main as data_build_main
+
+    return data_build_main(argv)
+
+
+def _train_step(argv: list[str]) -> int:
+    from benchmarks.train_step import main as train_step_main
+
+    return train_step_main(argv)
+
+
 def _plan(argv: list[str]) -> int:
     from benchmarks.plan import main as plan_main
 
@@ -112,7 +127,8 @@ def _plan(argv: list[str]) -> int:
 
 
 _OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode, "plan": _plan,
-                                                       "track-memory": _track_memory}
+                                                       "track-memory": _track_memory, "data-build": _data_build,
+                                                       "train-step": _train_step}
 """Subcommands that parse their own arguments (``python -m benchmarks native --help``)."""
 
 
@@ -163,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("native", help="native ComfyUI Wan: patched vs unpatched sampling step (own options)")
     sub.add_parser("encode", help="Video Combine: peak extra memory of encoding (own options)")
     sub.add_parser("track-memory", help="tracking memory vs clip length: streamed vs at once (own options)")
+    sub.add_parser("data-build", help="ttm-data build: clips/minute with 1 vs 2 worker processes (own options)")
+    sub.add_parser("train-step", help="ttm-train: Stage 2 step time / memory vs a plain fine-tune (own options)")
     sub.add_parser("plan", help="Stage 1 plan backend: s/clip, constrained vs unconstrained tiny LLM (own options)")
     return parser
 

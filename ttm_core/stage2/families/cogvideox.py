@@ -253,4 +253,84 @@ class CogVideoXFamily(Family):
         return {"max_sequence_length": self.text_tokens(pipeline)}
 
 
+    # ------------------------------------------------------------------ training (ttm-train)
+    # What CogVideoXImageToVideoPipeline.__call__ / prepare_latents build around the latents, rebuilt
+    # for a training step so a trained checkpoint sees at inference exactly what it was trained on.
+    def training_check(self, pipeline: Any, num_frames: int, height: int, width: int) -> None:
+        """Refuse clip sizes the pipeline would not generate as trained (naming the config key)."""
+        from ...errors import TTMInputError
+
+        config = pipeline.transformer.config
+        ratio = int(pipeline.vae_scale_factor_spatial)
+        latent_frames = (num_frames - 1) // int(pipeline.vae_scale_factor_temporal) + 1
+        if height % (ratio * config.patch_size) or width % (ratio * config.patch_size):
+            raise TTMInputError("data.size", f"{height}x{width} is not a multiple of {ratio * config.patch_size} px",
+                                f"use a size divisible by {ratio * config.patch_size}")
+        if (num_frames - 1) % int(pipeline.vae_scale_factor_temporal):
+            raise TTMInputError("data.frames", f"{num_frames} frames", "use 1 + 4k frames (e.g. 49)")
+        if config.use_learned_positional_embeddings:
+            size = (config.sample_height * ratio, config.sample_width * ratio)
+            frames = int(config.sample_frames)
+            if (height, width) != size or num_frames != frames:
+                raise TTMInputError("data.size", f"{height}x{width}, {num_frames} frames: this CogVideoX has learned "
+                                    f"positional embeddings for {size[0]}x{size[1]}, {frames} frames only",
+                                    f"set data.size: [{size[0]}, {size[1]}] and data.frames: {frames}")
+        pt = config.patch_size_t
+        if pt is not None and latent_frames % pt:
+            # CogVideoX 1.5 pads the latents to a multiple of patch_size_t at inference; training on
+            # clips that need no padding keeps the trained and the inferred inputs identical.
+            raise TTMInputError("data.frames", f"{num_frames} frames are {latent_frames} latent frames, not a "
+                                f"multiple of CogVideoX 1.5's temporal patch {pt}",
+                                f"use frames = 1 + 4k with k + 1 divisible by {pt} (e.g. 77 or 85)")
+
+    def training_image_condition(self, pipeline: Any, image: torch.Tensor, num_frames: int,
+                                 device: torch.device) -> dict[str, torch.Tensor]:
+        """The first frame's latents as the pipeline builds them, zero-padded to every latent frame.
+
+        Args:
+            image: float ``[H, W, 3]`` in 0..1 (quantised to 8 bits, as the pipeline's PIL input is).
+        Returns:
+            ``image_latents`` float32 ``[1, F_lat, C, h, w]`` (the VAE mode; the pipeline samples).
+        """
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        vae = pipeline.vae
+        image = image.clamp(0.0, 1.0).mul(255.0).round().div(255.0)
+        x = rearrange(image.to(torch.float32), "h w c -> 1 c 1 h w") * 2.0 - 1.0
+        latents = vae.encode(x.to(get_module_execution_device(vae), vae.dtype)).latent_dist.mode()
+        latents = rearrange(latents.to(device, torch.float32), "b c f h w -> b f c h w")
+        scale = float(pipeline.vae_scaling_factor_image)
+        latents = latents / scale if vae.config.invert_scale_latents else latents * scale
+        latent_frames = (num_frames - 1) // int(pipeline.vae_scale_factor_temporal) + 1
+        padding = latents.new_zeros(1, latent_frames - 1, *latents.shape[2:])
+        return {"image_latents": torch.cat([latents, padding], dim=1)}
+
+    def training_call(self, pipeline: Any, noisy: torch.Tensor, timestep: torch.Tensor,
+                      image_condition: dict[str, torch.Tensor], prompt_embeds: torch.Tensor,
+                      extra: torch.Tensor | None) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """The denoiser's keyword arguments for one training forward (no loss mask).
+
+        Args:
+            noisy: x_t ``[B, C, F_lat, h, w]`` (converted to CogVideoX's ``[B, F, C, h, w]`` here).
+            timestep: ``[B]`` timesteps 0..999.
+            image_condition: ``training_image_condition`` of each clip, concatenated on the batch.
+            prompt_embeds: ``[B, L, D]`` T5 states.
+            extra: appended condition latents ``[B, C_extra, F_lat, h, w]`` or None.
+        """
+        transformer = pipeline.transformer
+        x = torch.cat([self.latents_from_bcfhw(noisy), image_condition["image_latents"].to(noisy)], dim=2)
+        if extra is not None:
+            x = torch.cat([x, self.latents_from_bcfhw(extra).to(x)], dim=2)
+        ratio = int(pipeline.vae_scale_factor_spatial)
+        height, width = noisy.shape[-2] * ratio, noisy.shape[-1] * ratio
+        rope = None
+        if transformer.config.use_rotary_positional_embeddings:
+            rope = pipeline._prepare_rotary_positional_embeddings(height, width, x.shape[1], x.device)
+        ofs = None if transformer.config.ofs_embed_dim is None else x.new_full((1,), fill_value=2.0)
+        kwargs: dict[str, Any] = dict(hidden_states=x, encoder_hidden_states=prompt_embeds,
+                                      timestep=timestep.round().long(), ofs=ofs, image_rotary_emb=rope,
+                                      return_dict=False)
+        return kwargs, None
+
+
 COGVIDEOX = CogVideoXFamily()

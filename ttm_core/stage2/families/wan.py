@@ -297,4 +297,100 @@ class WanFamily(Family):
                 handle.remove()
 
 
+    # ------------------------------------------------------------------ training (ttm-train)
+    # What WanImageToVideoPipeline.__call__ / prepare_latents build around the latents, rebuilt for a
+    # training step so a trained checkpoint sees at inference exactly the inputs it was trained on.
+    def training_check(self, pipeline: Any, num_frames: int, height: int, width: int) -> None:
+        """Refuse clip sizes the pipeline would not generate (naming the config key)."""
+        from ...errors import TTMInputError
+
+        ratio = int(pipeline.vae_scale_factor_spatial) * int(pipeline.transformer.config.patch_size[1])
+        if height % ratio or width % ratio:
+            raise TTMInputError("data.size", f"{height}x{width} is not a multiple of {ratio} px (one token)",
+                                f"use a height and width divisible by {ratio}")
+        if (num_frames - 1) % int(pipeline.vae_scale_factor_temporal):
+            raise TTMInputError("data.frames", f"{num_frames} frames", "use 1 + 4k frames (e.g. 81)")
+
+    def training_image_condition(self, pipeline: Any, image: torch.Tensor, num_frames: int,
+                                 device: torch.device) -> dict[str, torch.Tensor]:
+        """The first frame's conditioning, as the pipeline derives it (batch 1, float32).
+
+        Args:
+            image: float ``[H, W, 3]`` in 0..1 (quantised to 8 bits, as the pipeline's PIL input is).
+            num_frames: frames of the clip.
+        Returns:
+            ``condition``: Wan 2.1 I2V ``[1, 4 + C, F_lat, h, w]`` (first-frame mask channels + the VAE
+            latents of [image, zeros]); Wan 2.2 TI2V ``[1, C, 1, h, w]`` (the image's latents, which
+            replace the first latent frame); and for Wan 2.1 ``image_embeds`` ``[1, N, D]`` (CLIP).
+        """
+        from diffusers.utils.torch_utils import get_module_execution_device
+
+        vae = pipeline.vae
+        height, width = image.shape[:2]
+        image = image.clamp(0.0, 1.0).mul(255.0).round().div(255.0)
+        x = rearrange(image.to(torch.float32), "h w c -> 1 c 1 h w") * 2.0 - 1.0
+        expand = bool(pipeline.config.expand_timesteps)
+        if not expand:  # prepare_latents: [image, zeros] over all frames
+            x = torch.cat([x, x.new_zeros(1, 3, num_frames - 1, height, width)], dim=2)
+        vae_device = get_module_execution_device(vae)
+        latents = vae.encode(x.to(vae_device, vae.dtype)).latent_dist.mode().to(device, torch.float32)
+        mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
+        latents = (latents - mean) * inv_std
+        out: dict[str, torch.Tensor] = {}
+        if expand:
+            out["condition"] = latents
+        else:
+            ratio = int(pipeline.vae_scale_factor_temporal)
+            lat_h, lat_w = latents.shape[-2:]
+            mask = torch.ones(1, 1, num_frames, lat_h, lat_w, device=device)
+            mask[:, :, 1:] = 0
+            first = torch.repeat_interleave(mask[:, :, 0:1], dim=2, repeats=ratio)
+            mask = torch.cat([first, mask[:, :, 1:]], dim=2).view(1, -1, ratio, lat_h, lat_w).transpose(1, 2)
+            out["condition"] = torch.cat([mask, latents], dim=1)
+        if pipeline.transformer.config.image_dim is not None:
+            from PIL import Image
+
+            pil = Image.fromarray(image.mul(255.0).round().to(torch.uint8).cpu().numpy())
+            out["image_embeds"] = pipeline.encode_image(pil, device).to(torch.float32)
+        return out
+
+    def training_call(self, pipeline: Any, noisy: torch.Tensor, timestep: torch.Tensor,
+                      image_condition: dict[str, torch.Tensor], prompt_embeds: torch.Tensor,
+                      extra: torch.Tensor | None) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """The denoiser's keyword arguments for one training forward, and the loss mask.
+
+        Args:
+            noisy: x_t ``[B, C, F_lat, h, w]``.
+            timestep: ``[B]`` float timesteps (1000 sigma).
+            image_condition: ``training_image_condition`` of each clip, concatenated on the batch.
+            prompt_embeds: ``[B, 512, D]`` text states.
+            extra: the appended condition latents ``[B, C_extra, F_lat, h, w]`` (after the stock
+                channels, where ``stage2.trained.trained_denoiser`` appends them at inference), or None.
+        Returns:
+            (kwargs, mask): Wan 2.2 TI2V's mask ``[1, 1, F_lat, h, w]`` leaves out the first latent
+            frame (the given image, never denoised); None elsewhere.
+        """
+        transformer = pipeline.transformer
+        mask = None
+        if pipeline.config.expand_timesteps:
+            # Wan 2.2 TI2V: the first latent frame IS the image (timestep 0 on its tokens)
+            condition = image_condition["condition"]
+            mask = torch.ones(1, 1, *noisy.shape[2:], dtype=noisy.dtype, device=noisy.device)
+            mask[:, :, 0] = 0
+            x = (1 - mask) * condition + mask * noisy
+            p_h, p_w = (int(p) for p in transformer.config.patch_size[1:])
+            tokens = mask[0][0][:, ::p_h, ::p_w].flatten()
+            step = tokens[None] * timestep.to(tokens)[:, None]
+        else:
+            x = torch.cat([noisy, image_condition["condition"]], dim=1)
+            step = timestep
+        if extra is not None:
+            x = torch.cat([x, extra.to(x)], dim=1)
+        image_embeds = image_condition.get("image_embeds")
+        kwargs: dict[str, Any] = dict(hidden_states=x, timestep=step, encoder_hidden_states=prompt_embeds,
+                                      encoder_hidden_states_image=image_embeds, return_dict=False)
+        return kwargs, mask
+
+
 WAN = WanFamily()
