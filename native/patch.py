@@ -26,6 +26,9 @@ through. The patch, on a clone of the user's MODEL:
   another override consumed a block's self-attention, text and image contexts of equal length)
   the call passes through unchanged and the log says why, once.
 * dual-clock guidance (``native.guidance``): SAMPLER_SAMPLE + APPLY_MODEL wrappers.
+* a trained checkpoint (``native.trained``): the widened patch embedding as an object patch of the
+  clone, the label latents appended to ``x`` and the checkpoint's new masked layers hooked into
+  the first K blocks for each forward (instead of the training-free override).
 
 Strength 0, no object in view, or a sigma outside the window give exactly the unpatched output.
 """
@@ -49,8 +52,10 @@ from ..ttm_core.stage2.attention.kernels import grouped_self_attention, masked_c
 from ..ttm_core.stage2.attention.plan import Partition, self_groups
 from ..ttm_core.stage2.attention.routing import blend, cond_rows, cross_visibility
 from ..ttm_core.stage2.settings import Stage2Settings
+from ..ttm_core.stage2.trained import TrainedWeights, trained_masking
 from ..ttm_core.types import ProgressFn, Trajectory
 from .guidance import DualClockGuide, build_reference
+from .trained import TrainedWan, build_condition, check_native
 from .wan import WanInfo, check_wan, encode_local_prompts
 
 LOG = logging.getLogger(__name__)
@@ -205,7 +210,7 @@ class WanPatch:
 
     def __init__(self, trajectory: Trajectory, local_states: torch.Tensor, key_owner: torch.Tensor,
                  settings: Stage2Settings, info: WanInfo, sigma_range: tuple[float, float],
-                 guide: DualClockGuide | None = None) -> None:
+                 guide: DualClockGuide | None = None, trained: TrainedWan | None = None) -> None:
         self.trajectory = trajectory
         self.local_states = local_states
         self.key_owner = key_owner
@@ -218,6 +223,7 @@ class WanPatch:
                                 f"{info.num_blocks}", f"use at most {info.num_blocks} (0 = a quarter of them)")
         self.sigma_start, self.sigma_end = sigma_range
         self.guide = guide
+        self.trained = trained
         self._grids: dict[tuple[int, int, int], _Grid | None] = {}
         self._cross: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         self._noted: set[str] = set()
@@ -274,6 +280,9 @@ class WanPatch:
         options = transformer_options if transformer_options is not None else {}
         sigmas = options.get("sigmas")
         sigma = float(sigmas.max()) if isinstance(sigmas, torch.Tensor) else None
+        if self.trained is not None:
+            return self._trained_forward(executor, x, timestep, context, clip_fea, time_dim_concat, options, sigma,
+                                         **kwargs)
         grid = self.grid_for(*x.shape[2:]) if self.attention_on(sigma) else None
         if grid is None:
             return executor(x, timestep, context, clip_fea, time_dim_concat, options, **kwargs)
@@ -289,6 +298,20 @@ class WanPatch:
                            cond.nonzero().flatten().to(x.device), bool(cond.any()), previous)
         options["optimized_attention_override"] = forward
         return executor(x, timestep, context, clip_fea, time_dim_concat, options, **kwargs)
+
+    def _trained_forward(self, executor: Callable, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                         clip_fea: Any, time_dim_concat: Any, options: dict, sigma: float | None,
+                         **kwargs: Any) -> torch.Tensor:
+        """A forward of the trained model: label latents on the input channels, new layers in K blocks."""
+        trained = self.trained
+        assert trained is not None
+        state = trained.state_for(*x.shape[2:]) if self.attention_on(sigma) else None
+        widened = trained.widen(x)
+        if state is None:
+            return executor(widened, timestep, context, clip_fea, time_dim_concat, options, **kwargs)
+        cond = cond_rows(options.get("cond_or_uncond", []), context.shape[0])
+        with trained.layers_on(executor.class_obj, state, tuple(bool(c) for c in cond.tolist())):
+            return executor(widened, timestep, context, clip_fea, time_dim_concat, options, **kwargs)
 
     def block_patch(self, index: int, previous: Callable | None) -> Callable:
         def patch(args: dict, extra: dict) -> dict:
@@ -314,20 +337,32 @@ class WanPatch:
                                          self.guide.sampler_sample_wrapper)
             patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, KEY,
                                          self.guide.apply_model_wrapper)
+        if self.trained is not None:
+            self.trained.install(patched)
         return patched
 
 
 def patch_wan(model: Any, clip: Any, trajectory: Trajectory, settings: Stage2Settings, vae: Any = None,
               image: torch.Tensor | None = None, latent: torch.Tensor | None = None, model_2: Any = None,
-              progress: ProgressFn | None = None, schedule: torch.Tensor | None = None
-              ) -> tuple[Any, Any | None, WanPatch]:
+              progress: ProgressFn | None = None, schedule: torch.Tensor | None = None,
+              trained: TrainedWeights | None = None) -> tuple[Any, Any | None, WanPatch]:
     """Patch a Wan MODEL (and optionally its second expert) for Through-The-Mask Stage 2.
 
     Guidance needs ``vae``, ``image`` and ``latent`` (the sampler's latent, for sizes); without
     them only masked attention is patched in. ``schedule``: the full sigma schedule when the
-    generation runs as several sampler calls (see ``guidance.DualClockGuide``).
+    generation runs as several sampler calls (see ``guidance.DualClockGuide``). ``trained``: a Stage 2
+    checkpoint of this base model (needs ``vae`` and ``latent`` for its label latents; no ``model_2``).
     """
     info = check_wan(model)
+    if trained is not None:
+        check_native(trained, model, info)
+        if model_2 is not None:
+            raise TTMInputError("model_2", "a trained checkpoint drives one Wan model, not two experts",
+                                "disconnect model_2 (trained checkpoints are for Wan 2.1 I2V or Wan 2.2 TI2V-5B)")
+        if vae is None or latent is None:
+            raise TTMInputError("vae", "a trained checkpoint needs the VAE (and the latent size) to encode the "
+                                "trajectory", "connect the Wan VAE")
+        settings = replace(settings, masking=trained_masking(trained, settings.masking))
     if model_2 is not None:
         info_2 = check_wan(model_2, "model_2")
         if info_2.geometry is not info.geometry or info_2.num_blocks != info.num_blocks:
@@ -345,7 +380,12 @@ def patch_wan(model: Any, clip: Any, trajectory: Trajectory, settings: Stage2Set
     sampling = model.get_model_object("model_sampling")
     start, end = settings.masking.window
     sigma_range = (sampling.percent_to_sigma(start), sampling.percent_to_sigma(end))
-    patch = WanPatch(trajectory, states, owners, replace(settings, guidance=clock), info, sigma_range, guide)
+    prepared = None
+    if trained is not None and latent is not None:
+        condition = build_condition(model, vae, trajectory, latent)
+        prepared = TrainedWan(trained, model, info, condition, trajectory, states, owners, settings.masking)
+    patch = WanPatch(trajectory, states, owners, replace(settings, guidance=clock), info, sigma_range, guide,
+                     prepared)
     LOG.info("Through-The-Mask: %d objects, masked attention in blocks 0..%d of %d (self %.2f, cross %.2f)%s",
              trajectory.objects.count, patch.num_blocks - 1, info.num_blocks, settings.masking.self_strength,
              settings.masking.cross_strength, ", dual-clock guidance on" if guide is not None else "")

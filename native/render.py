@@ -20,6 +20,7 @@ from comfy_extras.nodes_wan import Wan22ImageToVideoLatent, WanImageToVideo
 from ..ttm_core.errors import TTMInputError
 from ..ttm_core.stage2.families.wan import WAN22_TI2V
 from ..ttm_core.stage2.settings import Sampling, Stage2Settings
+from ..ttm_core.stage2.trained import TrainedWeights
 from ..ttm_core.types import Trajectory
 from .patch import patch_wan
 from .wan import check_wan
@@ -73,8 +74,10 @@ def video_size(image: torch.Tensor, trajectory: Trajectory, width: int, height: 
 
 
 def render(model: Any, clip: Any, vae: Any, image: torch.Tensor, trajectory: Trajectory, settings: Stage2Settings,
-           native: NativeSampling, model_2: Any = None, clip_vision: Any = None) -> torch.Tensor:
-    """Render Stage 2 with a native Wan model; returns float32 ``[F, H, W, 3]`` frames."""
+           native: NativeSampling, model_2: Any = None, clip_vision: Any = None,
+           trained: TrainedWeights | None = None) -> torch.Tensor:
+    """Render Stage 2 with a native Wan model (``trained``: a Stage 2 checkpoint of it); returns float32
+    ``[F, H, W, 3]`` frames."""
     info = check_wan(model)
     sampling = native.sampling
     multiple = 32 if info.geometry is WAN22_TI2V else 16
@@ -92,7 +95,7 @@ def render(model: Any, clip: Any, vae: Any, image: torch.Tensor, trajectory: Tra
     steps, seed, cfg = sampling.steps, sampling.seed, sampling.cfg
     schedule = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), native.scheduler, steps)
     patched, patched_2, _ = patch_wan(model, clip, trajectory, settings, vae, image[0], latent["samples"], model_2,
-                                      schedule=schedule)
+                                      schedule=schedule, trained=trained)
     ksampler = dict(seed=seed, steps=steps, cfg=cfg, sampler_name=native.sampler_name, scheduler=native.scheduler,
                     positive=positive, negative=negative)
     if patched_2 is None:

@@ -20,6 +20,7 @@ from .prompt_nodes import PromptDecompose
 from .segment_nodes import DetectorLoader, SAM2Loader, SAM2Segment
 from .stage2_nodes import DiffusersMotionToVideo, MaskedMotionToVideo, WanMotionToVideo, WarpMotionToVideo
 from .track_nodes import FlowTracker, SAM3TrackerLoader, TrackObjects, TrajectoryToPaths
+from .trained_nodes import TrainedCheckpointLoader
 from .trajectory_io_nodes import LoadTrajectory, SaveTrajectory
 from .video_nodes import VideoCombine
 
@@ -50,6 +51,8 @@ NODES: list[type[io.ComfyNode]] = [
     # saved trajectories (issue 12)
     SaveTrajectory,
     LoadTrajectory,
+    # trained Stage 2 (issue 13)
+    TrainedCheckpointLoader,
 ]
 
 

@@ -3,7 +3,8 @@
 Folders (under ComfyUI's ``models/``; extra paths via extra_model_paths.yaml work too):
 ``sam2`` (SAM 2 checkpoints and HF folders), ``sam3`` (SAM 3 HF folders, for its tracker),
 ``LLM`` (transformers chat models),
-``grounding-dino`` (open-vocabulary detector folders: Grounding DINO or OWLv2). They are
+``grounding-dino`` (open-vocabulary detector folders: Grounding DINO or OWLv2),
+``ttm`` (trained Through-The-Mask checkpoints written by ttm-train, ``.safetensors``). They are
 registered with folder_paths by ``register_model_folders()``, called from the extension's
 ``on_load`` and again (idempotently) before any listing, never at import.
 
@@ -33,6 +34,7 @@ SAM2_FOLDER = "sam2"
 SAM3_FOLDER = "sam3"
 LLM_FOLDER = "LLM"
 DETECTOR_FOLDER = "grounding-dino"
+TRAINED_FOLDER = "ttm"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 DEVICES = ("auto", "cpu")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -40,7 +42,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 def register_model_folders() -> None:
     """Add the pack's model folders to folder_paths (idempotent; no folders are created)."""
-    for name in (SAM2_FOLDER, SAM3_FOLDER, LLM_FOLDER, DETECTOR_FOLDER):
+    for name in (SAM2_FOLDER, SAM3_FOLDER, LLM_FOLDER, DETECTOR_FOLDER, TRAINED_FOLDER):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
 
 

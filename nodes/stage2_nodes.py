@@ -25,12 +25,14 @@ from ..ttm_core.motion.cut_and_drag import cut_and_drag
 from ..ttm_core.stage2.diffusers.run import generate
 from ..ttm_core.stage2.guidance import CLOCK_UNITS
 from ..ttm_core.stage2.settings import Sampling, Stage2Settings
+from ..ttm_core.stage2.trained import TrainedWeights
 from ..ttm_core.types import Prompts, Trajectory
 from ._common import CATEGORY, check_combo, progress_callback
 from ._common import Prompts as PromptsSocket
 from ._common import Trajectory as TrajectorySocket
 from ._stage2 import guidance_inputs, masking_inputs, prompts_for, sampling, sampling_inputs, show_text, stage2_settings
 from .model_nodes import LoadedVideoModel, VideoModelSocket
+from .trained_nodes import TrainedSocket
 
 STAGE2_BACKENDS = ("warp", "comfy", "diffusers")
 FEATHER_TOOLTIP = "Soft-edge width (Gaussian sigma, pixels) of the moved objects; 0 = hard."
@@ -67,6 +69,13 @@ def _sampler_inputs() -> list[io.Input]:
     ]
 
 
+def _trained_input() -> io.Input:
+    return TrainedSocket.Input("trained", optional=True,
+                               tooltip="A trained Stage 2 checkpoint from Trained Checkpoint Loader (Through-The-Mask) "
+                                       "for this base model: its masked layers run in its K blocks and the "
+                                       "trajectory conditions the input channels. Unconnected: training-free.")
+
+
 def _check_combos(**values: object) -> bool | str:
     options = {"backend": STAGE2_BACKENDS, "sampler_name": comfy.samplers.SAMPLER_NAMES,
                "scheduler": comfy.samplers.SCHEDULER_NAMES, "clock_units": CLOCK_UNITS}
@@ -84,17 +93,19 @@ def run_warp(node_id: str | None, image: torch.Tensor, trajectory: Trajectory, f
 
 
 def run_native(node_id: str | None, image: torch.Tensor, trajectory: Trajectory, settings: Stage2Settings,
-               native: NativeSampling, model, clip, vae, model_2=None, clip_vision=None) -> io.NodeOutput:
+               native: NativeSampling, model, clip, vae, model_2=None, clip_vision=None,
+               trained: TrainedWeights | None = None) -> io.NodeOutput:
     missing = [name for name, value in (("model", model), ("clip", clip), ("vae", vae)) if value is None]
     if missing:
         raise TTMInputError(missing[0], f"the Wan engine needs {', '.join(missing)}",
                             "connect Load Diffusion Model, Load CLIP and Load VAE outputs")
-    frames = render(model, clip, vae, image, trajectory, settings, native, model_2, clip_vision)
+    frames = render(model, clip, vae, image, trajectory, settings, native, model_2, clip_vision, trained)
     return io.NodeOutput(frames, float(trajectory.fps))
 
 
 def run_diffusers(node_id: str | None, image: torch.Tensor, trajectory: Trajectory, settings: Stage2Settings,
-                  sampled: Sampling, video_model: LoadedVideoModel | None, prompts: Prompts | None) -> io.NodeOutput:
+                  sampled: Sampling, video_model: LoadedVideoModel | None, prompts: Prompts | None,
+                  trained: TrainedWeights | None = None) -> io.NodeOutput:
     """Generate with a diffusers model; returns (IMAGE frames, fps) plus the notes as UI text."""
     if video_model is None:
         raise TTMInputError("video_model", "the diffusers engine needs a model",
@@ -104,7 +115,7 @@ def run_diffusers(node_id: str | None, image: torch.Tensor, trajectory: Trajecto
                             "connect Video Model Loader (Through-The-Mask)")
     chosen = prompts_for(trajectory, prompts)
     result = generate(video_model.model, image[0], trajectory, chosen, settings, sampled,
-                      progress=progress_callback(node_id), prepare=video_model.prepare)
+                      progress=progress_callback(node_id), prepare=video_model.prepare, trained=trained)
     summary = (f"{video_model.model.variant.label}: {result.plan.width}x{result.plan.height}, "
                f"{result.plan.num_frames} frames at {result.fps:.4g} fps")
     text = "\n".join([summary, *result.notes])
@@ -150,7 +161,8 @@ class WanMotionToVideo(io.ComfyNode):
                     *sampling_inputs(steps=30, cfg=5.0, zero_means_default=False), *_sampler_inputs(),
                     *masking_inputs(), *guidance_inputs(),
                     io.Float.Input("feather", default=1.0, min=0.0, max=32.0, step=0.1,
-                                   tooltip="Soft-edge width (px) of the objects in the guidance reference.")],
+                                   tooltip="Soft-edge width (px) of the objects in the guidance reference."),
+                    _trained_input()],
             outputs=OUTPUTS,
             hidden=[io.Hidden.unique_id],
         )
@@ -165,13 +177,13 @@ class WanMotionToVideo(io.ComfyNode):
                 expert_switch: float, masked_blocks: int, self_strength: float, cross_strength: float,
                 start_percent: float, end_percent: float, guidance: bool, object_clock: float,
                 background_clock: float, clock_units: str, feather: float, model_2=None,
-                clip_vision=None) -> io.NodeOutput:
+                clip_vision=None, trained=None) -> io.NodeOutput:
         settings = stage2_settings(masked_blocks, self_strength, cross_strength, start_percent, end_percent, guidance,
                                    object_clock, background_clock, clock_units, feather)
         native = NativeSampling(sampling(seed, steps, cfg, negative_prompt, width, height, length), sampler_name,
                                 scheduler, expert_switch)
         return run_native(cls.hidden.unique_id, image, trajectory, settings, native, model, clip, vae, model_2,
-                          clip_vision)
+                          clip_vision, trained)
 
 
 class DiffusersMotionToVideo(io.ComfyNode):
@@ -192,7 +204,8 @@ class DiffusersMotionToVideo(io.ComfyNode):
                     *sampling_inputs(steps=0, cfg=0.0, zero_means_default=True),
                     *masking_inputs(), *guidance_inputs(),
                     io.Float.Input("feather", default=1.0, min=0.0, max=32.0, step=0.1,
-                                   tooltip="Soft-edge width (px) of the objects in the guidance reference.")],
+                                   tooltip="Soft-edge width (px) of the objects in the guidance reference."),
+                    _trained_input()],
             outputs=OUTPUTS,
             hidden=[io.Hidden.unique_id],
         )
@@ -205,11 +218,13 @@ class DiffusersMotionToVideo(io.ComfyNode):
     def execute(cls, image: torch.Tensor, trajectory: Trajectory, video_model, negative_prompt: str, width: int,
                 height: int, length: int, seed: int, steps: int, cfg: float, masked_blocks: int, self_strength: float,
                 cross_strength: float, start_percent: float, end_percent: float, guidance: bool, object_clock: float,
-                background_clock: float, clock_units: str, feather: float, prompts=None) -> io.NodeOutput:
+                background_clock: float, clock_units: str, feather: float, prompts=None,
+                trained=None) -> io.NodeOutput:
         settings = stage2_settings(masked_blocks, self_strength, cross_strength, start_percent, end_percent, guidance,
                                    object_clock, background_clock, clock_units, feather)
         return run_diffusers(cls.hidden.unique_id, image, trajectory, settings,
-                             sampling(seed, steps, cfg, negative_prompt, width, height, length), video_model, prompts)
+                             sampling(seed, steps, cfg, negative_prompt, width, height, length), video_model, prompts,
+                             trained)
 
 
 class MaskedMotionToVideo(io.ComfyNode):

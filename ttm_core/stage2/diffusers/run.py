@@ -13,7 +13,11 @@ call and undone in ``finally`` (normal end, error, ComfyUI cancel):
   outside them while the background clock runs. Step 0 is pinned where the pipeline prepares its
   latents, every later step right after the scheduler's previous step (both hooks are scoped
   attribute overrides of this pipeline object, removed on exit);
-* progress after every denoising step (the callback may raise to cancel).
+* progress after every denoising step (the callback may raise to cancel);
+* with a trained checkpoint (``stage2.trained``): the checkpoint's masked layers run in "new_layers" mode
+  in its K blocks, and the colour-coded label video (``trained.condition_video``), VAE-encoded once, is
+  concatenated to the denoiser's input channels through the checkpoint's widened patch embedding
+  (``trained.trained_denoiser``), also undone in ``finally``.
 
 With no objects, or with guidance and masking off, every hook is a pass-through and the output is
 the stock pipeline's output for the same seed, bit for bit (the tests check it).
@@ -26,6 +30,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from einops import rearrange
@@ -41,6 +46,14 @@ from ..families import geometry_for
 from ..families.base import CAUSAL_4K1, Family
 from ..guidance import DualClock, labels_foreground, noise_to, pin
 from ..settings import MaskedAttention, Sampling, Stage2Settings
+from ..trained import (
+    TRAINED_VARIANTS,
+    TrainedWeights,
+    check_compatible,
+    condition_video,
+    trained_denoiser,
+    trained_masking,
+)
 from .loader import VideoModel
 from .sizes import FramePlan, SizeRules, fit_frames, fit_labels, plan_frames
 from .text import PromptText, check_lengths, encode_prompts
@@ -310,6 +323,32 @@ def _pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
+def _trained_masking(model: VideoModel, weights: TrainedWeights, masking: MaskedAttention,
+                     input_name: str = "trained") -> MaskedAttention:
+    """``trained.trained_masking`` after refusing (naming the input and the fix) variants the trained
+    path does not support and checkpoints of another base model or stage."""
+    if not isinstance(weights, TrainedWeights):
+        raise TTMInputError(input_name, f"got a {type(weights).__name__}, not a trained checkpoint",
+                            "connect Trained Checkpoint Loader (Through-The-Mask)")
+    variant = model.variant
+    if variant.key not in TRAINED_VARIANTS:
+        raise TTMInputError(input_name, f"trained checkpoints run on {', '.join(TRAINED_VARIANTS)}, the model is "
+                            f"{variant.label}", "load the base model the checkpoint was trained on")
+    check_compatible(weights, model.denoisers[0], 2, variant.key, input_name)
+    return trained_masking(weights, masking)
+
+
+def trained_condition(model: VideoModel, trajectory: Trajectory, plan: FramePlan) -> torch.Tensor:
+    """The trained Stage 2 condition: the colour-coded label video fitted to the plan, VAE-encoded.
+
+    Returns:
+        float32 ``[1, C, F_lat, H_lat, W_lat]`` on the execution device.
+    """
+    labels = trajectory.labels[plan.frame_sources()]
+    video = fit_frames(condition_video(labels, trajectory.objects.ids), plan)
+    return encode_reference(model, video)
+
+
 def _will_pin(clock: DualClock | None, steps: int) -> bool:
     if clock is None:
         return False
@@ -320,8 +359,8 @@ def _will_pin(clock: DualClock | None, steps: int) -> bool:
 
 def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, prompts: Prompts,
              settings: Stage2Settings, sampling: Sampling, progress: ProgressFn | None = None,
-             prepare: PrepareFn | None = None) -> Stage2Result:
-    """Stage 2 (motion-to-video) on a diffusers model, training-free.
+             prepare: PrepareFn | None = None, trained: TrainedWeights | None = None) -> Stage2Result:
+    """Stage 2 (motion-to-video) on a diffusers model, training-free or with a trained checkpoint.
 
     Args:
         model: the loaded model.
@@ -334,6 +373,9 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
         sampling: seed, steps, cfg, negative prompt, size, frames (0 = automatic / the model's default).
         progress: called with (step, steps) after every denoising step; may raise to cancel.
         prepare: see ``PrepareFn``.
+        trained: a Stage 2 checkpoint of this base model (``trained.load_trained``): its layers run
+            in its K blocks (``settings.masking``'s strengths and window apply; its K must be
+            unset or the checkpoint's) and the label video conditions the input channels.
     Returns:
         the frames, fps, the frame plan and the notes.
     Raises:
@@ -360,6 +402,8 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
         texts += [PromptText(o.local_prompt, "prompts", f"the local prompt of {o.name!r}") for o in prompts.objects]
     check_lengths(model, texts)
     masking = settings.masking
+    if trained is not None:
+        masking = _trained_masking(model, trained, masking)
     window = masking.steps(steps)
     masked = not plain and masking.active and len(window) > 0
     guiding = not plain and _will_pin(settings.guidance, steps)
@@ -385,6 +429,7 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
     device = _execution_device(model)
 
     reference = foreground = None
+    condition = trained_condition(model, trajectory, plan) if trained is not None else None
     if guiding:
         reference, foreground = guidance_inputs(model, image, trajectory, plan, settings.feather)
     switches: list[MaskedAttentionState] = []  # the masked-attention state, once installed
@@ -406,9 +451,14 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
 
     calls: dict[str, int] = {}
     with ExitStack() as stack:
+        layers = None
+        if trained is not None and condition is not None:
+            layers = stack.enter_context(trained_denoiser(model.denoisers[0], trained, condition, "trained"))
+            notes.append(f"trained checkpoint {Path(trained.source).name} (step {trained.config.step}, "
+                         f"K = {trained.config.num_blocks})")
         if masked:
             masked_plan = attention_plan(model, trajectory, plan, encoded.local, masking)
-            state = stack.enter_context(masked_attention(model.pipeline, masked_plan))
+            state = stack.enter_context(masked_attention(model.pipeline, masked_plan, layers))
             switches.append(state)
             stack.enter_context(family.conditional_rows(model.denoisers, state, encoded.negative_embeds, do_cfg))
         stack.enter_context(_override(model.pipeline, "prepare_latents", clock.prepare_latents))
