@@ -21,11 +21,22 @@ for extra in (ROOT, ROOT / "tests" / "support", ROOT / "batch"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from golden import DIFFUSERS, GOLDEN, NOT_ON_PROJECT_COMFYUI, frames_of, needs_native, prepared, save, stem  # noqa: E402
+from golden import (  # noqa: E402
+    DIFFUSERS,
+    GOLDEN,
+    NOT_ON_PROJECT_COMFYUI,
+    TRAINED,
+    frames_of,
+    needs_native,
+    prepared,
+    save,
+    stem,
+)
 from native_wan import write_native_wan  # noqa: E402
 from tiny_diffusers import save_tiny  # noqa: E402
 from tiny_models import build_tiny_models  # noqa: E402
 from tools.comfy_harness import ComfyServer  # noqa: E402
+from trained_checkpoints import install_trained_models  # noqa: E402
 from ttm_batch.client import ComfyClient  # noqa: E402
 
 LOG = logging.getLogger("golden")
@@ -53,6 +64,8 @@ def main() -> int:
             tiny.install(base / "models")  # SAM 2 / LLM / detector for Stage 1, beside any Wan files
             if native:
                 write_native_wan(base / "models")
+                if any(stem(n) in TRAINED for n in batch):
+                    install_trained_models(base / "models")
             else:
                 for family, _ in DIFFUSERS.values():
                     save_tiny(family, base / "models" / "diffusers" / "tiny" / family)

@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -23,6 +24,7 @@ from native_wan import TINY_FRAMES, TINY_SIZE, tiny_workflow
 from stage2_cases import link_tiny_models, tiny_model_dir  # noqa: F401 (fixture)
 from tools.browser import DIALOGS_JS, comfy_page, dialogs, fit_view, frontend_version, problem_dialogs, redraw
 from tools.comfy_harness import ComfyServer, frontend_root, frontends
+from trained_checkpoints import NATIVE_CKPT, install_trained_models, tiny_trained_workflow
 from ttm_batch.client import ComfyClient
 from ttm_core.motion.trajectory_file import read_trajectory
 
@@ -48,6 +50,10 @@ DIFFUSERS_SWAPS = {
                             "TTM_ImageToMotion": {"num_frames": 4},
                             "TTM_DiffusersMotionToVideo": {"steps": 2, "width": 64, "height": 64}}, 4),
 }
+# The trained workflow runs both backends on the native server with trained_checkpoints' tiny models. Its
+# tiny bases differ in shape (unlike the real ones), so each backend needs a checkpoint of its own: the page
+# adds a second Trained Checkpoint Loader for the native node, as an artist would (trained_checkpoints explains).
+TRAINED_UI = ("ttm_trained_stage2.json",)
 
 FRONTENDS = list(frontends())
 # The server fixtures (tests/conftest.py) by kind, for ComfyUI's own frontend; the newest frontend's twins
@@ -92,8 +98,8 @@ def load(page: Page, graph: dict) -> None:
 def test_there_are_ui_workflows() -> None:
     assert [p.name for p in UI_WORKFLOWS] == [
         "ttm_cogvideox_i2v.json", "ttm_i2vgen_xl.json", "ttm_reference_video.json", "ttm_sam2_llm.json",
-        "ttm_saved_trajectory_warp.json", "ttm_wan21_generate_and_track.json", "ttm_wan21_i2v_patch.json",
-        "ttm_wan21_plan_llm.json", "ttm_wan22_ti2v.json", "ttm_warp_paths.json"]
+        "ttm_saved_trajectory_warp.json", "ttm_trained_stage2.json", "ttm_wan21_generate_and_track.json",
+        "ttm_wan21_i2v_patch.json", "ttm_wan21_plan_llm.json", "ttm_wan22_ti2v.json", "ttm_warp_paths.json"]
     for path in UI_WORKFLOWS:
         assert path.with_name(path.stem + "_api.json").exists(), f"{path.name} has no API-format twin"
     # Exempt, by name and with its reason: only the Wan-Move workflow, which uses a node 0.3.75 lacks.
@@ -132,19 +138,48 @@ def declared(info: dict, node: dict, inputs: dict) -> dict:
     return {key: value for key, value in inputs.items() if key in names}
 
 
-def tiny_swaps(path: Path, api: dict) -> tuple[dict[str, dict], int, bool]:
-    """The widget values to change before queueing ``path`` from the page, per node id.
+@dataclass(frozen=True)
+class TinyRun:
+    """How the test runs a UI workflow from the page on tiny models.
 
-    Returns (swaps, expected frame count, whether it needs the native Wan server). Workflows that
-    name real model files get the tiny random models of the same family instead.
+    swaps: widget values to change, per node id of the loaded graph; added: nodes to add from the page,
+    each ``{"type", "widgets", "links": [[target node id, input name], ...]}`` (its output 0 wired there);
+    frames: the frame count of each video; native: whether it needs the native Wan server.
     """
+
+    swaps: dict[str, dict]
+    frames: int
+    native: bool
+    added: list[dict] = field(default_factory=list)
+
+
+def widget_changes(api: dict, tiny: dict) -> tuple[dict[str, dict], list[dict]]:
+    """The widget values ``tiny`` changes in ``api`` (links and output prefixes aside) and the nodes it adds."""
+    swaps = {node_id: {key: value for key, value in node["inputs"].items()
+                       if key != "filename_prefix" and not isinstance(value, list)
+                       and value != api[node_id]["inputs"].get(key)}
+             for node_id, node in tiny.items() if node_id in api}
+    added = [{"type": node["class_type"],
+              "widgets": {k: v for k, v in node["inputs"].items() if not isinstance(v, list)},
+              "links": [[target_id, name] for target_id, target in tiny.items()
+                        for name, value in target["inputs"].items() if value == [node_id, 0]]}
+             for node_id, node in tiny.items() if node_id not in api]
+    return {k: v for k, v in swaps.items() if v}, added
+
+
+def tiny_swaps(path: Path, api: dict) -> TinyRun:
+    """What to change before queueing ``path`` from the page (``TinyRun``).
+
+    Workflows that name real model files get the tiny random models of the same family instead.
+    """
+    if path.name in TRAINED_UI:  # both backends, each with a checkpoint of its tiny base
+        swaps, added = widget_changes(api, tiny_trained_workflow(copy.deepcopy(api), "unused", fmt="mp4"))
+        return TinyRun(swaps, TINY_FRAMES, True, added)
     if path.name.startswith("ttm_wan2"):  # native Wan: the tiny ComfyUI checkpoints; TI2V small (full-size VAE)
         size = (64, 64) if "ti2v" in path.name else TINY_SIZE
-        tiny = tiny_workflow(copy.deepcopy(api), "unused", size=size, fmt="mp4")
-        swaps = {node_id: {key: value for key, value in node["inputs"].items()
-                           if key != "filename_prefix" and value != api[node_id]["inputs"][key]}
-                 for node_id, node in tiny.items()}
-        return {k: v for k, v in swaps.items() if v}, TINY_FRAMES, True
+        swaps, added = widget_changes(api, tiny_workflow(copy.deepcopy(api), "unused", size=size, fmt="mp4"))
+        assert not added
+        return TinyRun(swaps, TINY_FRAMES, True)
     motion = [node for node in api.values() if node["class_type"] == "TTM_ImageToMotion"]
     saved = [node for node in api.values() if node["class_type"] == "TTM_LoadTrajectory"]
     # Without Image To Motion the trajectory is loaded (the saved file's frames) or tracked through the reference
@@ -159,12 +194,42 @@ def tiny_swaps(path: Path, api: dict) -> tuple[dict[str, dict], int, bool]:
     by_type, frames = DIFFUSERS_SWAPS.get(path.name, ({}, length))
     swaps = {node_id: dict(by_type[node["class_type"]]) for node_id, node in api.items()
              if node["class_type"] in by_type}
-    return swaps, frames, False
+    return TinyRun(swaps, frames, False)
+
+
+ADD_JS = """(added) => {
+  for (const spec of added) {
+    const node = LiteGraph.createNode(spec.type);
+    if (!node) throw new Error(`the frontend cannot create ${spec.type}`);
+    app.graph.add(node);
+    for (const [name, value] of Object.entries(spec.widgets)) {
+      const widget = node.widgets.find((w) => w.name === name);
+      if (!widget) throw new Error(`the new ${spec.type} has no widget ${name}`);
+      widget.value = value;
+    }
+    for (const [id, input] of spec.links) {
+      const target = app.graph.getNodeById(Number(id));
+      const slot = target.findInputSlot(input);
+      if (slot < 0) throw new Error(`node ${id} (${target.type}) has no input ${input}`);
+      node.pos = [target.pos[0] - 420, target.pos[1] + target.size[1] + 60];
+      if (!node.connect(0, target, slot)) throw new Error(`cannot link ${spec.type} to node ${id}.${input}`);
+    }
+  }
+  app.graph.setDirtyCanvas(true, true);
+}"""
+
+
+def add_from_page(page: Page, added: list[dict]) -> dict:
+    """Add ``added``'s nodes to the loaded graph with the frontend's own calls; returns the page's prompt after."""
+    page.evaluate(ADD_JS, added)
+    redraw(page)
+    return page.evaluate(STATE_JS)["prompt"]
 
 
 QUEUE_JS = """async ([prefix, swaps]) => {
-  const node = app.graph.nodes.find((n) => n.type === 'TTM_VideoCombine');
-  node.widgets.find((w) => w.name === 'filename_prefix').value = prefix;
+  for (const node of app.graph.nodes.filter((n) => n.type === 'TTM_VideoCombine')) {
+    node.widgets.find((w) => w.name === 'filename_prefix').value = prefix;
+  }
   for (const [id, values] of Object.entries(swaps)) {
     const target = app.graph.getNodeById(Number(id));
     for (const [name, value] of Object.entries(values)) {
@@ -213,9 +278,11 @@ def test_ui_workflow_loads_matches_api_twin_and_runs(request: pytest.FixtureRequ
                                                      frontend: str, path: Path) -> None:
     graph = json.loads(path.read_text())
     api = json.loads(path.with_name(path.stem + "_api.json").read_text())
-    swaps, frames, native = tiny_swaps(path, api)
-    server = server_for(request, "native" if native else "plain", frontend)
-    if any(node["class_type"] == "TTM_VideoModelLoader" for node in api.values()):
+    run = tiny_swaps(path, api)
+    server = server_for(request, "native" if run.native else "plain", frontend)
+    if path.name in TRAINED_UI:  # before the page asks /object_info, so the loaders list the files
+        install_trained_models(server.base / "models")
+    elif any(node["class_type"] == "TTM_VideoModelLoader" for node in api.values()):
         link_tiny_models(server, request.getfixturevalue("tiny_model_dir"))
     client = ComfyClient(server.url, timeout=120)
     prefix = f"ttm/browser_{uuid.uuid4().hex[:8]}"
@@ -232,28 +299,41 @@ def test_ui_workflow_loads_matches_api_twin_and_runs(request: pytest.FixtureRequ
         fit_view(page)
         page.screenshot(path=str(artifacts / f"ui_{path.stem}_{frontend}_loaded.png"))
 
+        if run.added:  # nodes the tiny run needs besides the shipped ones, added and wired from the page
+            edited = add_from_page(page, run.added)
+            types = sorted(node["class_type"] for node in edited.values())
+            assert types == sorted([*(node["class_type"] for node in api.values()),
+                                    *(spec["type"] for spec in run.added)]), types
+            if path.name in TRAINED_UI:  # the native node now reads the native base's checkpoint
+                native_loader = next(node for node in edited.values() if node["class_type"] == "TTM_WanMotionToVideo"
+                                     )["inputs"]["trained"][0]
+                assert edited[native_loader]["inputs"]["checkpoint"] == NATIVE_CKPT, edited[native_loader]
+
         # Queue from the page, as an artist would, with a fresh prefix so nothing is cached.
-        prompt_id = queue_from_page(page, prefix, swaps)
+        prompt_id = queue_from_page(page, prefix, run.swaps)
         result = client.wait(prompt_id, timeout=600)
         assert result.status == "success", f"the prompt queued from the page failed: {result.error}"
         videos = [(node_id, item) for node_id, output in result.history["outputs"].items()
                   for item in output.get("images", []) if item["filename"].endswith(".mp4")]
-        assert len(videos) == 1 and videos[0][1]["filename"].startswith(prefix.split("/")[1]), videos
-        video_node, video = videos[0]
-        # The page shows the result: its websocket delivered the node's output and the node's player loaded it.
-        page.wait_for_function("([id, name]) => JSON.stringify(app.nodeOutputs?.[id] ?? {}).includes(name)",
-                               arg=[video_node, video["filename"]], timeout=30_000)
-        page.wait_for_function("(name) => [...document.querySelectorAll('video')].some((v) => "
-                               "v.src.includes(encodeURIComponent(name)) && v.readyState >= 2)",
-                               arg=video["filename"], timeout=30_000)
+        combines = sum(node["class_type"] == "TTM_VideoCombine" for node in api.values())
+        assert len(videos) == combines and all(v["filename"].startswith(prefix.split("/")[1]) for _, v in videos), \
+            videos
+        # The page shows the results: its websocket delivered each node's output and the node's player loaded it.
+        for video_node, video in videos:
+            page.wait_for_function("([id, name]) => JSON.stringify(app.nodeOutputs?.[id] ?? {}).includes(name)",
+                                   arg=[video_node, video["filename"]], timeout=30_000)
+            page.wait_for_function("(name) => [...document.querySelectorAll('video')].some((v) => "
+                                   "v.src.includes(encodeURIComponent(name)) && v.readyState >= 2)",
+                                   arg=video["filename"], timeout=30_000)
         fit_view(page)
         page.screenshot(path=str(artifacts / f"ui_{path.stem}_{frontend}_ran.png"))
         # Dialogs the frontend raised late (after its asynchronous load-time checks) show by now.
         assert not problem_dialogs(dialogs(page)), dialogs(page)
-    file = server.base / "output" / video["subfolder"] / video["filename"]
-    with av.open(str(file)) as container:
-        count = sum(1 for _ in container.decode(video=0))
-    assert count == frames
+    for _, video in videos:
+        file = server.base / "output" / video["subfolder"] / video["filename"]
+        with av.open(str(file)) as container:
+            count = sum(1 for _ in container.decode(video=0))
+        assert count == run.frames, video["filename"]
 
 
 LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"

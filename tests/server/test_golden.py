@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from common import WORKFLOWS
-from golden import GOLDEN, NOT_ON_PROJECT_COMFYUI, compare, frames_of, needs_native, prepared, stem
+from golden import GOLDEN, NOT_ON_PROJECT_COMFYUI, TRAINED, compare, frames_of, needs_native, prepared, stem
 from stage2_cases import server_models, tiny_model_dir  # noqa: F401 (fixtures)
+from trained_checkpoints import install_trained_models
 
 pytestmark = pytest.mark.server
 LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"
@@ -42,13 +43,16 @@ def test_only_the_wanmove_workflow_is_exempt() -> None:
 def test_workflow_renders_its_golden_frames(request: pytest.FixtureRequest, path: Path) -> None:
     if needs_native(path.name):
         client = request.getfixturevalue("native_wan_client")
+        if stem(path.name) in TRAINED:
+            install_trained_models(request.getfixturevalue("native_wan_server").base / "models")
     else:
         request.getfixturevalue("server_models")
         client = request.getfixturevalue("client")
     graph = prepared(path.name, json.loads(path.read_text()))
     for node in graph.values():  # a fresh prefix per case: ComfyUI would serve an identical prompt from its cache
-        if node["class_type"] == "TTM_VideoCombine":
-            node["inputs"]["filename_prefix"] = f"golden/{path.parent.name}_{stem(path.name)}"
+        if node["class_type"] == "TTM_VideoCombine":  # (keeping prepared's per-node suffix, if any)
+            node["inputs"]["filename_prefix"] = node["inputs"]["filename_prefix"].replace(
+                "golden/", f"golden/{path.parent.name}_", 1)
     frames = frames_of(client, client.run(graph, timeout=900))
     verdict = compare(frames, path.name)
     assert verdict == "identical" or not EXACT, f"{path.name}: {verdict}, not identical"

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.server
 API_WORKFLOW = "ttm_warp_paths_api.json"
 TTM_NODES = ["TTM_PromptDecompose", "TTM_ObjectsFromMasks", "TTM_ImageToMotion", "TTM_WarpMotionToVideo",
              "TTM_WanMotionToVideo", "TTM_DiffusersMotionToVideo", "TTM_MaskedMotionToVideo", "TTM_PatchModel",
-             "TTM_VideoCombine"]
+             "TTM_VideoCombine", "TTM_TrainedCheckpointLoader"]
 
 
 def test_object_info_lists_every_node_with_tooltips(client: ComfyClient) -> None:
@@ -40,6 +40,7 @@ def test_object_info_lists_every_node_with_tooltips(client: ComfyClient) -> None
             assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert info["TTM_VideoCombine"]["output_node"] is True
     assert info["TTM_ImageToMotion"]["output"] == ["TTM_TRAJECTORY", "IMAGE", "MASK", "STRING"]
+    assert info["TTM_TrainedCheckpointLoader"]["output"] == ["TTM_TRAINED"]
     assert info["TTM_MaskedMotionToVideo"]["deprecated"] is True and "deprecated" in \
         info["TTM_MaskedMotionToVideo"]["display_name"]
 
@@ -57,9 +58,9 @@ def test_each_stage2_node_shows_only_the_inputs_its_engine_reads(client: ComfyCl
     assert inputs("TTM_WarpMotionToVideo") == {"image", "trajectory", "feather"}
     assert inputs("TTM_WanMotionToVideo") == {"image", "trajectory", "model", "clip", "vae", "model_2", "clip_vision",
                                               "sampler_name", "scheduler", "expert_switch",
-                                              "feather"} | masking | sampling
+                                              "feather", "trained"} | masking | sampling
     assert inputs("TTM_DiffusersMotionToVideo") == {"image", "trajectory", "video_model", "prompts",
-                                                    "feather"} | masking | sampling
+                                                    "feather", "trained"} | masking | sampling
     assert len(inputs("TTM_MaskedMotionToVideo")) == 30  # the deprecated all-in-one node keeps its schema
 
 

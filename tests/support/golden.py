@@ -1,8 +1,11 @@
 """Golden frames of the shipped workflows on the test fixtures (the redesign's before/after check, kept).
 
 ``prepared(name, graph)`` puts the tiny models into a shipped API workflow (warp and SAM2 + LLM run as
-shipped; native Wan gets the tiny ComfyUI checkpoints; diffusers the tiny models of the same family)
-and makes Video Combine write PNGs, so the decoded frames are the node's exact 8-bit output.
+shipped; native Wan gets the tiny ComfyUI checkpoints; diffusers the tiny models of the same family;
+the trained workflow the tiny models and checkpoints of ``trained_checkpoints``, on the native server,
+whose models/ ``trained_checkpoints.install_trained_models`` fills) and makes Video Combine write PNGs,
+so the decoded frames are the node's exact 8-bit output. A workflow with several Video Combines (the
+trained one) gets one prefix per node, ``<prefix>_<node id>``, so its frames come in node order.
 ``tests/data/golden/<workflow>.npz`` holds, per workflow: the sha256 of every frame, the frames'
 shape, and a few frames as uint8. They were captured from main BEFORE the redesign (commit f8366b1)
 and must not change unless behaviour changes on purpose: then ``tools/golden.py`` writes new ones.
@@ -24,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from native_wan import tiny_workflow
+from trained_checkpoints import tiny_trained_workflow
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 STAGE2_NODES = ("TTM_MaskedMotionToVideo", "TTM_DiffusersMotionToVideo")
@@ -31,6 +35,8 @@ DIFFUSERS = {"ttm_cogvideox_i2v": ("cogvideox-1.0-i2v",
                                    {"TTM_ImageToMotion": {"num_frames": 9}, "stage2": {"steps": 2}}),
              "ttm_i2vgen_xl": ("i2vgen-xl", {"TTM_ImageToMotion": {"num_frames": 4},
                                              "stage2": {"steps": 2, "width": 64, "height": 64}})}
+TRAINED = ("ttm_trained_stage2",)
+"""Workflows with a trained Stage 2 checkpoint: native Wan and diffusers side by side (trained_checkpoints)."""
 
 
 NOT_ON_PROJECT_COMFYUI = {
@@ -46,7 +52,17 @@ def stem(name: str) -> str:
 
 
 def needs_native(name: str) -> bool:
-    return stem(name).startswith("ttm_wan2")
+    """Whether the workflow runs on the native Wan server (its native Wan files)."""
+    return stem(name).startswith("ttm_wan2") or stem(name) in TRAINED
+
+
+def per_node_prefixes(graph: dict) -> dict:
+    """With several Video Combines, each writes under ``<its prefix>_<node id>`` (frames in node order)."""
+    combines = [node_id for node_id, node in graph.items() if node["class_type"] == "TTM_VideoCombine"]
+    if len(combines) > 1:
+        for node_id in combines:
+            graph[node_id]["inputs"]["filename_prefix"] += f"_{node_id}"
+    return graph
 
 
 def prepared(name: str, graph: dict) -> dict:
@@ -54,6 +70,8 @@ def prepared(name: str, graph: dict) -> dict:
     graph = copy.deepcopy(graph)
     key = stem(name)
     prefix = f"golden/{key}"
+    if key in TRAINED:
+        return per_node_prefixes(tiny_trained_workflow(graph, prefix, fmt="png"))
     if needs_native(key):
         size = {"size": (64, 64)} if "ti2v" in key else {}
         return tiny_workflow(graph, prefix, fmt="png", **size)
@@ -69,7 +87,7 @@ def prepared(name: str, graph: dict) -> dict:
 
 
 def frames_of(client: Any, result: Any) -> np.ndarray:
-    """uint8 ``[T, H, W, 3]``: the PNG frames a finished prompt wrote, in order."""
+    """uint8 ``[T, H, W, 3]``: the PNG frames a finished prompt wrote, in order (by file name)."""
     files = sorted((f for f in result.files() if f.type == "output" and f.filename.endswith(".png")),
                    key=lambda f: f.filename)
     return np.stack([np.asarray(Image.open(io.BytesIO(client.view(f))).convert("RGB")) for f in files])
