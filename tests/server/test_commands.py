@@ -44,6 +44,12 @@ COVERED: dict[str, str] = {
     r"ttm-batch --server \S+( --server \S+)* --workflow \S+ --jobs jobs\.jsonl --out renders/":
         "test_ttm_batch_as_in_the_readme",
     r"pip install \./batch": "tests/batch/test_packaging.py (a fresh venv)",
+    r"ttm-data build videos/ --out data/shards --masks masks/ --workers 4": "test_training_as_in_the_readme",
+    r"ttm-train stage2 --config configs/train/stage2_wan22_ti2v\.yaml --set model\.path=\S+":
+        "test_training_as_in_the_readme (the model path replaced by a tiny TI2V folder)",
+    r"accelerate launch --config_file configs/train/ddp\.yaml -m ttm_core\.train\.train_cli stage2 --config \S+":
+        "needs 8 GPUs; tests/core/test_train_stage2.py runs the same launcher and trainer with "
+        "configs/train/cpu_gloo_2proc.yaml (2 CPU processes over gloo)",
     r'curl -X POST http://127\.0\.0\.1:8188/prompt .*': "test_the_curl_line",
     r"<ComfyUI's python> -m pip install -r ComfyUI-Through-The-Mask/requirements\.txt":
         "test_installing_the_requirements_leaves_torch_alone",
@@ -243,3 +249,40 @@ def test_every_benchmark_says_its_options(name: str) -> None:
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"python -m benchmarks {name}" in result.stdout and "--" in result.stdout
+
+
+def test_training_as_in_the_readme(tmp_path: Path) -> None:
+    """The README's ttm-data command in a folder of procedural videos with known first masks, then its
+    ttm-train command on the shards it wrote, with the model path (and the run's size) set to a tiny
+    random-weight Wan 2.2 TI2V-5B folder: the checkpoint it writes loads in the trained Stage 2."""
+    from procedural_clips import write_clips
+    from tiny_diffusers import save_tiny
+    from ttm_core.stage2.trained import load_trained
+
+    build = next(c for c in readme_commands() if c.startswith("ttm-data build"))
+    train = next(c for c in readme_commands() if c.startswith("ttm-train stage2"))
+    write_clips(tmp_path, ["translation", "crossing"], height=64, width=64, frames=9)
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    small = ["--size", "64x64", "--frames", "9", "--min-frames", "9", "--no-progress"]
+    done = subprocess.run([*shlex.split(build), *small],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shards = sorted((tmp_path / "data" / "shards").glob("*.tar"))
+    assert shards, done.stderr[-2000:]
+
+    model = save_tiny("wan2.2-ti2v-5b", tmp_path / "models" / "tiny-ti2v")
+    words = shlex.split(train)
+    words = [f"model.path={model}" if w.startswith("model.path=") else w for w in words]
+    sets = {"data.shards": f"[{tmp_path / 'data' / 'shards'}]", "data.size": "[64, 64]", "data.frames": "9",
+            "data.batch_size": "1", "data.workers": "0", "masked_blocks": "1", "steps": "2",
+            "schedule.warmup_steps": "0", "precision": "no", "model.dtype": "fp32", "gradient_checkpointing": "false",
+            "validation.every": "0", "logging.tensorboard": "false", "checkpoint.every": "2",
+            "output_dir": str(tmp_path / "runs" / "readme")}
+    for key, value in sets.items():
+        words += ["--set", f"{key}={value}"]
+    done = subprocess.run(words, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    checkpoint = tmp_path / "runs" / "readme" / "ttm_stage2_wan2.2-ti2v-5b.safetensors"
+    weights = load_trained(checkpoint)
+    assert weights.config.stage == 2 and weights.config.step == 2 and weights.config.variant == "wan2.2-ti2v-5b"
+    assert weights.config.num_blocks == 1 and any(k.startswith("layers.blocks.0.masked_self") for k in weights.tensors)

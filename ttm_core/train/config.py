@@ -393,6 +393,8 @@ def _convert(key: str, tp: Any, value: Any) -> Any:
             return None
         return _convert(key, next(o for o in options if o is not type(None)), value)
     if origin is Literal:
+        if value is False and "no" in get_args(tp):
+            value = "no"  # YAML 1.1 reads an unquoted `no` (precision: no) as false
         if value not in get_args(tp):
             raise TTMInputError(key, f"{value!r} is not one of {', '.join(map(repr, get_args(tp)))}",
                                 f"set {key} to one of them")

@@ -126,21 +126,23 @@ def _index_shard(path: Path, min_frames: int) -> tuple[list[_Entry], int]:
 
 
 def find_shards(source: Path | str | Sequence[Path | str]) -> list[Path]:
-    """The shards of a ``ttm-data`` output folder (sorted), or the given shard paths."""
+    """The shards of ``ttm-data`` output folders (sorted per folder) and/or the given shard files, in order."""
     if isinstance(source, (str, Path)):
-        folder = Path(source)
-        if folder.is_file():
-            return [folder]
-        shards = sorted(folder.glob("shard-*.tar")) if folder.is_dir() else []
+        source = [source]
+    found: list[Path] = []
+    for item in source:
+        path = Path(item)
+        if path.is_file():
+            found.append(path)
+            continue
+        shards = sorted(path.glob("shard-*.tar")) if path.is_dir() else []
         if not shards:
-            raise TTMInputError("data", f"{folder} holds no shard-*.tar", "build the data first: ttm-data build ... "
-                                f"--out {folder}")
-        return shards
-    paths = [Path(p) for p in source]
-    absent = [str(p) for p in paths if not p.is_file()]
-    if absent or not paths:
-        raise TTMInputError("data", f"shards not found: {', '.join(absent) or 'none given'}", "pass existing shards")
-    return paths
+            raise TTMInputError("data", f"{path} is neither a shard nor a folder holding shard-*.tar",
+                                f"build the data first: ttm-data build ... --out {path}")
+        found.extend(shards)
+    if not found:
+        raise TTMInputError("data", "no shards were given", "pass ttm-data output folders or shard files")
+    return found
 
 
 class ShardReader(IterableDataset):
