@@ -14,6 +14,8 @@ Subcommands:
     data-build  ttm-data build: clips per minute with 1 vs 2 worker processes (``benchmarks.data_build``).
     train-step  ttm-train's Stage 2 training step vs a plain fine-tune of the same tiny base: time and peak
                 memory ratios (``benchmarks.train_step``).
+    stage1      ttm-train stage1's training step vs a plain fine-tune of the same tiny base, and sampling a
+                trajectory vs sampling a video of the same size (``benchmarks.stage1``).
     plan        Stage 1's plan backend: seconds per clip with the tiny local LLM, constrained vs
                 unconstrained decoding (``benchmarks.plan``).
 
@@ -120,6 +122,12 @@ def _train_step(argv: list[str]) -> int:
     return train_step_main(argv)
 
 
+def _stage1(argv: list[str]) -> int:
+    from benchmarks.stage1 import main as stage1_main
+
+    return stage1_main(argv)
+
+
 def _plan(argv: list[str]) -> int:
     from benchmarks.plan import main as plan_main
 
@@ -128,7 +136,7 @@ def _plan(argv: list[str]) -> int:
 
 _OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode, "plan": _plan,
                                                        "track-memory": _track_memory, "data-build": _data_build,
-                                                       "train-step": _train_step}
+                                                       "train-step": _train_step, "stage1": _stage1}
 """Subcommands that parse their own arguments (``python -m benchmarks native --help``)."""
 
 
@@ -181,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("track-memory", help="tracking memory vs clip length: streamed vs at once (own options)")
     sub.add_parser("data-build", help="ttm-data build: clips/minute with 1 vs 2 worker processes (own options)")
     sub.add_parser("train-step", help="ttm-train: Stage 2 step time / memory vs a plain fine-tune (own options)")
+    sub.add_parser("stage1", help="ttm-train stage1: step vs plain fine-tune, trajectory vs video sampling "
+                   "(own options)")
     sub.add_parser("plan", help="Stage 1 plan backend: s/clip, constrained vs unconstrained tiny LLM (own options)")
     return parser
 

@@ -5,20 +5,25 @@ from __future__ import annotations
 import json
 
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..ttm_core.errors import TTMInputError
+from ..ttm_core.motion.fit_paths import paths_json_from_trajectory
 from ..ttm_core.motion.paths import attach_splines, format_paths, normalized_paths, parse_paths
 from ..ttm_core.motion.plan import PlanResult, plan_objects
 from ..ttm_core.motion.poses import mask_centroids
 from ..ttm_core.motion.render import trajectory_from_paths
+from ..ttm_core.motion.trained import Stage1Sampling, generate_trajectory
 from ..ttm_core.prompts.llm import HttpLLM
 from ..ttm_core.types import Objects as ObjectsValue
 from ._common import CATEGORY, Objects, Trajectory, check_combo, progress_callback
 from ._models import Managed
+from ._stage2 import show_text
 from .llm_nodes import Llm
+from .model_nodes import LoadedVideoModel, VideoModelSocket
+from .trained_nodes import TrainedSocket
 
-BACKENDS = ("paths", "plan")
+BACKENDS = ("paths", "plan", "trained")
 EXAMPLE_PATHS = json.dumps({
     "version": 1, "units": "normalized",
     "objects": {"1": {"keyframes": [{"t": 1.0, "x": 0.6, "y": 0.5, "easing": "ease_in_out"}]}},
@@ -49,6 +54,30 @@ def _plan(llm: Managed | HttpLLM | None, objects: ObjectsValue, num_frames: int,
                         progress=progress_callback(node_id))
 
 
+def _trained(node_id: str | None, image: torch.Tensor, objects: ObjectsValue, order: tuple[int, ...],
+             video_model: LoadedVideoModel | None, trained, settings: Stage1Sampling) -> io.NodeOutput:
+    """The trained backend: a Stage-1 checkpoint on its diffusers base model generates the trajectory."""
+    if trained is None:
+        raise TTMInputError("trained", "the trained backend needs a Stage 1 checkpoint",
+                            "connect Trained Checkpoint Loader (Through-The-Mask) to trained")
+    if video_model is None:
+        raise TTMInputError("video_model", "the trained backend needs the checkpoint's base model in diffusers "
+                            "format (ComfyUI's native Wan MODEL/CLIP/VAE is not supported for Stage 1 yet)",
+                            "connect Video Model Loader (Through-The-Mask) with the base model's diffusers folder")
+    if not isinstance(video_model, LoadedVideoModel):
+        raise TTMInputError("video_model", f"got a {type(video_model).__name__}, not a loaded video model",
+                            "connect Video Model Loader (Through-The-Mask)")
+    trajectory, reading = generate_trajectory(video_model.model, trained, image[0], objects,
+                                              objects.prompts.motion_prompt, settings,
+                                              progress_callback(node_id), depth_order=order,
+                                              prepare=video_model.prepare)
+    text = "\n".join([f"{video_model.model.variant.label}: {trajectory.num_frames} frames generated",
+                      *reading.notes])
+    show_text(node_id, text)
+    return io.NodeOutput(trajectory, trajectory.color_video(), trajectory.foreground(),
+                         paths_json_from_trajectory(trajectory), ui=ui.PreviewText(text))
+
+
 class ImageToMotion(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -58,14 +87,18 @@ class ImageToMotion(io.ComfyNode):
             category=CATEGORY,
             description="Stage 1: make the mask trajectory - where every object is in every frame. The paths "
                         "backend moves each object along keyframes or a SplineEditor spline; the plan backend has "
-                        "an LLM plan the keyframes from the motion prompt (editable: paste paths_json into paths).",
+                        "an LLM plan the keyframes from the motion prompt; the trained backend has a trained "
+                        "Stage 1 model generate the objects' masks from the image, the masks and the motion prompt "
+                        "(plan and trained: editable, paste paths_json into paths).",
             inputs=[
                 io.Image.Input("image", tooltip="The first frame (only its size is used)."),
                 Objects.Input("objects", tooltip="The objects to move (TTM_OBJECTS)."),
                 io.Combo.Input("backend", options=list(BACKENDS), default="paths",
                                tooltip="paths: objects follow the keyframes/splines you give. plan: the connected "
                                        "LLM plans each object's keyframes from the objects' motion prompt, local "
-                                       "prompts and first-frame boxes (the paths input is then ignored)."),
+                                       "prompts and first-frame boxes (the paths input is then ignored). trained: "
+                                       "a trained Stage 1 checkpoint (trained) on its base model (video_model) "
+                                       "generates the masks from the image, the objects and their motion prompt."),
                 io.String.Input("paths", multiline=True, default=EXAMPLE_PATHS,
                                 tooltip="Paths JSON (version 1): per object (name or 1-based id) either "
                                         "'keyframes' [{frame|t, x, y, scale, rotation, easing}] or a 'spline' "
@@ -73,7 +106,8 @@ class ImageToMotion(io.ComfyNode):
                                         "'normalized' (0..1) or 'pixels'. Objects without a path stay still. "
                                         "See the README for every field."),
                 io.Int.Input("num_frames", default=49, min=1, max=4096,
-                             tooltip="Frames in the clip, the first frame included."),
+                             tooltip="Frames in the clip, the first frame included (trained: a length the model "
+                                     "generates, 1 + 4k for Wan and CogVideoX)."),
                 io.Float.Input("fps", default=16.0, min=0.01, max=240.0, step=0.01,
                                tooltip="Playback rate of the trajectory (passed on to the video)."),
                 io.String.Input("depth_order", default="",
@@ -91,7 +125,8 @@ class ImageToMotion(io.ComfyNode):
                 Llm.Input("llm", optional=True, tooltip="plan backend: from LLM Loader or LLM Endpoint."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, optional=True, control_after_generate=False,
                              tooltip="plan backend: the same seed, LLM and inputs give the same plan (retry k uses "
-                                     "seed + k)."),
+                                     "seed + k). trained backend: the sampler's noise seed (the same seed, "
+                                     "checkpoint and inputs give the same trajectory)."),
                 io.Float.Input("temperature", default=0.0, min=0.0, max=2.0, step=0.05, optional=True,
                                tooltip="plan backend: 0 = always the most likely plan; higher = more varied "
                                        "(sampled with the seed)."),
@@ -101,13 +136,25 @@ class ImageToMotion(io.ComfyNode):
                              tooltip="plan backend: an unusable plan (malformed, unknown names, times outside "
                                      "the clip, objects flung away) is shown to the LLM with what was wrong and "
                                      "asked again, up to this many answers in all."),
+                TrainedSocket.Input("trained", optional=True, lazy=True,
+                                    tooltip="trained backend: a Stage 1 checkpoint from Trained Checkpoint Loader "
+                                            "(Through-The-Mask)."),
+                VideoModelSocket.Input("video_model", optional=True, lazy=True,
+                                       tooltip="trained backend: the checkpoint's base model from Video Model Loader "
+                                               "(Through-The-Mask), e.g. Wan 2.2 TI2V-5B in diffusers format."),
+                io.Int.Input("steps", default=0, min=0, max=1000, optional=True,
+                             tooltip="trained backend: sampling steps; 0 = the base model's recommended count."),
+                io.Float.Input("cfg", default=0.0, min=0.0, max=100.0, step=0.1, optional=True,
+                               tooltip="trained backend: guidance scale on the motion prompt; 0 = the base model's "
+                                       "recommended scale, 1 = off."),
             ],
             outputs=[
                 Trajectory.Output("trajectory", tooltip="The mask trajectory (TTM_TRAJECTORY)."),
                 io.Image.Output("preview", tooltip="The trajectory as a colour video (one colour per object)."),
                 io.Mask.Output("mask", tooltip="Per frame, where any object is (1) or background (0)."),
                 io.String.Output("paths_json", tooltip="The paths JSON (version 1) the trajectory follows: the "
-                                                       "LLM's plan (plan) or your paths normalized (paths). Paste "
+                                                       "LLM's plan (plan), your paths normalized (paths) or "
+                                                       "keyframes fit to the generated masks (trained). Paste "
                                                        "it into the paths input to pin or edit it."),
             ],
             hidden=[io.Hidden.unique_id],
@@ -118,7 +165,7 @@ class ImageToMotion(io.ComfyNode):
         combo = check_combo("backend", backend, BACKENDS)
         if combo is not True:
             return combo
-        if backend != "plan" and isinstance(paths, str) and paths.strip():
+        if backend == "paths" and isinstance(paths, str) and paths.strip():
             try:
                 json.loads(paths)
             except json.JSONDecodeError as err:
@@ -127,15 +174,27 @@ class ImageToMotion(io.ComfyNode):
         return True
 
     @classmethod
+    def check_lazy_status(cls, backend=None, **inputs) -> list[str]:
+        """The checkpoint and the video model are loaded only for the trained backend (unconnected inputs are
+        absent from ``inputs``)."""
+        if backend != "trained":
+            return []
+        return [name for name in ("trained", "video_model") if name in inputs and inputs[name] is None]
+
+    @classmethod
     def execute(cls, image: torch.Tensor, objects, backend: str, paths: str, num_frames: int, fps: float,
                 depth_order: str, spline_objects: str, spline_width: int, spline_height: int,
                 spline_coords: str | None = None, llm=None, seed: int = 0, temperature: float = 0.0,
-                max_new_tokens: int = 1024, attempts: int = 3) -> io.NodeOutput:
+                max_new_tokens: int = 1024, attempts: int = 3, trained=None, video_model=None, steps: int = 0,
+                cfg: float = 0.0) -> io.NodeOutput:
         height, width = int(image.shape[1]), int(image.shape[2])
         if (height, width) != objects.size:
             raise TTMInputError("image", f"the image is {width}x{height} but the objects' masks are "
                                 f"{objects.size[1]}x{objects.size[0]}", "use the image the objects were made on")
         order = _depth_order(depth_order, objects)
+        if backend == "trained":
+            settings = Stage1Sampling(frames=num_frames, steps=steps, seed=seed, cfg=cfg, fps=fps)
+            return _trained(cls.hidden.unique_id, image, objects, order, video_model, trained, settings)
         spec: str | dict = paths
         planned = None
         if backend == "plan":

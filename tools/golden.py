@@ -25,6 +25,7 @@ from golden import (  # noqa: E402
     DIFFUSERS,
     GOLDEN,
     NOT_ON_PROJECT_COMFYUI,
+    STAGE1,
     TRAINED,
     frames_of,
     needs_native,
@@ -36,7 +37,7 @@ from native_wan import write_native_wan  # noqa: E402
 from tiny_diffusers import save_tiny  # noqa: E402
 from tiny_models import build_tiny_models  # noqa: E402
 from tools.comfy_harness import ComfyServer  # noqa: E402
-from trained_checkpoints import install_trained_models  # noqa: E402
+from trained_checkpoints import install_stage1_models, install_trained_models  # noqa: E402
 from ttm_batch.client import ComfyClient  # noqa: E402
 
 LOG = logging.getLogger("golden")
@@ -69,6 +70,8 @@ def main() -> int:
             else:
                 for family, _ in DIFFUSERS.values():
                     save_tiny(family, base / "models" / "diffusers" / "tiny" / family)
+                if any(stem(n) in STAGE1 for n in batch):
+                    install_stage1_models(base / "models")
             with ComfyServer(base) as server:
                 client = ComfyClient(server.url, timeout=120)
                 for name in batch:

@@ -24,7 +24,14 @@ from native_wan import TINY_FRAMES, TINY_SIZE, tiny_workflow
 from stage2_cases import link_tiny_models, tiny_model_dir  # noqa: F401 (fixture)
 from tools.browser import DIALOGS_JS, comfy_page, dialogs, fit_view, frontend_version, problem_dialogs, redraw
 from tools.comfy_harness import ComfyServer, frontend_root, frontends
-from trained_checkpoints import NATIVE_CKPT, install_trained_models, tiny_trained_workflow
+from trained_checkpoints import (
+    NATIVE_CKPT,
+    STAGE1_FRAMES,
+    install_stage1_models,
+    install_trained_models,
+    tiny_stage1_workflow,
+    tiny_trained_workflow,
+)
 from ttm_batch.client import ComfyClient
 from ttm_core.motion.trajectory_file import read_trajectory
 
@@ -54,6 +61,8 @@ DIFFUSERS_SWAPS = {
 # tiny bases differ in shape (unlike the real ones), so each backend needs a checkpoint of its own: the page
 # adds a second Trained Checkpoint Loader for the native node, as an artist would (trained_checkpoints explains).
 TRAINED_UI = ("ttm_trained_stage2.json",)
+# The Stage 1 workflow runs on the plain server with the tiny TI2V and a random Stage 1 checkpoint of it.
+STAGE1_UI = ("ttm_stage1_trained.json",)
 
 FRONTENDS = list(frontends())
 # The server fixtures (tests/conftest.py) by kind, for ComfyUI's own frontend; the newest frontend's twins
@@ -98,7 +107,8 @@ def load(page: Page, graph: dict) -> None:
 def test_there_are_ui_workflows() -> None:
     assert [p.name for p in UI_WORKFLOWS] == [
         "ttm_cogvideox_i2v.json", "ttm_i2vgen_xl.json", "ttm_reference_video.json", "ttm_sam2_llm.json",
-        "ttm_saved_trajectory_warp.json", "ttm_trained_stage2.json", "ttm_wan21_generate_and_track.json",
+        "ttm_saved_trajectory_warp.json", "ttm_stage1_trained.json", "ttm_trained_stage2.json",
+        "ttm_wan21_generate_and_track.json",
         "ttm_wan21_i2v_patch.json", "ttm_wan21_plan_llm.json", "ttm_wan22_ti2v.json", "ttm_warp_paths.json"]
     for path in UI_WORKFLOWS:
         assert path.with_name(path.stem + "_api.json").exists(), f"{path.name} has no API-format twin"
@@ -175,6 +185,10 @@ def tiny_swaps(path: Path, api: dict) -> TinyRun:
     if path.name in TRAINED_UI:  # both backends, each with a checkpoint of its tiny base
         swaps, added = widget_changes(api, tiny_trained_workflow(copy.deepcopy(api), "unused", fmt="mp4"))
         return TinyRun(swaps, TINY_FRAMES, True, added)
+    if path.name in STAGE1_UI:
+        swaps, added = widget_changes(api, tiny_stage1_workflow(copy.deepcopy(api), "unused", fmt="mp4"))
+        assert not added
+        return TinyRun(swaps, STAGE1_FRAMES, False)
     if path.name.startswith("ttm_wan2"):  # native Wan: the tiny ComfyUI checkpoints; TI2V small (full-size VAE)
         size = (64, 64) if "ti2v" in path.name else TINY_SIZE
         swaps, added = widget_changes(api, tiny_workflow(copy.deepcopy(api), "unused", size=size, fmt="mp4"))
@@ -284,6 +298,8 @@ def test_ui_workflow_loads_matches_api_twin_and_runs(request: pytest.FixtureRequ
         install_trained_models(server.base / "models")
     elif any(node["class_type"] == "TTM_VideoModelLoader" for node in api.values()):
         link_tiny_models(server, request.getfixturevalue("tiny_model_dir"))
+        if path.name in STAGE1_UI:  # after the link: the checkpoints beside the linked tiny TI2V
+            install_stage1_models(server.base / "models")
     client = ComfyClient(server.url, timeout=120)
     prefix = f"ttm/browser_{uuid.uuid4().hex[:8]}"
     with frontend_page(server, frontend) as page:

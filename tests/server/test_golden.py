@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from common import WORKFLOWS
-from golden import GOLDEN, NOT_ON_PROJECT_COMFYUI, TRAINED, compare, frames_of, needs_native, prepared, stem
+from golden import GOLDEN, NOT_ON_PROJECT_COMFYUI, STAGE1, TRAINED, compare, frames_of, needs_native, prepared, stem
 from stage2_cases import server_models, tiny_model_dir  # noqa: F401 (fixtures)
-from trained_checkpoints import install_trained_models
+from trained_checkpoints import install_stage1_models, install_trained_models
 
 pytestmark = pytest.mark.server
 LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"
@@ -48,6 +48,8 @@ def test_workflow_renders_its_golden_frames(request: pytest.FixtureRequest, path
     else:
         request.getfixturevalue("server_models")
         client = request.getfixturevalue("client")
+        if stem(path.name) in STAGE1:
+            install_stage1_models(request.getfixturevalue("comfy_server").base / "models")
     graph = prepared(path.name, json.loads(path.read_text()))
     for node in graph.values():  # a fresh prefix per case: ComfyUI would serve an identical prompt from its cache
         if node["class_type"] == "TTM_VideoCombine":  # (keeping prepared's per-node suffix, if any)

@@ -45,6 +45,17 @@ def test_object_info_lists_every_node_with_tooltips(client: ComfyClient) -> None
         info["TTM_MaskedMotionToVideo"]["display_name"]
 
 
+def test_image_to_motion_inputs_in_saved_order(client: ComfyClient) -> None:
+    """Image To Motion's inputs, exactly and in order: later additions (the plan and trained backends' inputs) are
+    appended, so saved workflows keep their widget order."""
+    spec = client.object_info()["TTM_ImageToMotion"]["input"]
+    assert list(spec["required"]) == ["image", "objects", "backend", "paths", "num_frames", "fps", "depth_order",
+                                      "spline_objects", "spline_width", "spline_height"]
+    assert list(spec["optional"]) == ["spline_coords", "llm", "seed", "temperature", "max_new_tokens", "attempts",
+                                      "trained", "video_model", "steps", "cfg"]
+    assert spec["required"]["backend"][1]["options"] == ["paths", "plan", "trained"]
+
+
 def test_each_stage2_node_shows_only_the_inputs_its_engine_reads(client: ComfyClient) -> None:
     info = client.object_info()
 

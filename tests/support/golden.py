@@ -3,7 +3,8 @@
 ``prepared(name, graph)`` puts the tiny models into a shipped API workflow (warp and SAM2 + LLM run as
 shipped; native Wan gets the tiny ComfyUI checkpoints; diffusers the tiny models of the same family;
 the trained workflow the tiny models and checkpoints of ``trained_checkpoints``, on the native server,
-whose models/ ``trained_checkpoints.install_trained_models`` fills) and makes Video Combine write PNGs,
+whose models/ ``trained_checkpoints.install_trained_models`` fills; the Stage 1 workflow its tiny TI2V and
+Stage 1 checkpoint on the plain server, ``install_stage1_models``) and makes Video Combine write PNGs,
 so the decoded frames are the node's exact 8-bit output. A workflow with several Video Combines (the
 trained one) gets one prefix per node, ``<prefix>_<node id>``, so its frames come in node order.
 ``tests/data/golden/<workflow>.npz`` holds, per workflow: the sha256 of every frame, the frames'
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from native_wan import tiny_workflow
-from trained_checkpoints import tiny_trained_workflow
+from trained_checkpoints import tiny_stage1_workflow, tiny_trained_workflow
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 STAGE2_NODES = ("TTM_MaskedMotionToVideo", "TTM_DiffusersMotionToVideo")
@@ -37,6 +38,9 @@ DIFFUSERS = {"ttm_cogvideox_i2v": ("cogvideox-1.0-i2v",
                                              "stage2": {"steps": 2, "width": 64, "height": 64}})}
 TRAINED = ("ttm_trained_stage2",)
 """Workflows with a trained Stage 2 checkpoint: native Wan and diffusers side by side (trained_checkpoints)."""
+STAGE1 = ("ttm_stage1_trained",)
+"""Workflows with a trained Stage 1 checkpoint on the tiny diffusers TI2V, on the plain server
+(``trained_checkpoints.install_stage1_models``)."""
 
 
 NOT_ON_PROJECT_COMFYUI = {
@@ -72,6 +76,8 @@ def prepared(name: str, graph: dict) -> dict:
     prefix = f"golden/{key}"
     if key in TRAINED:
         return per_node_prefixes(tiny_trained_workflow(graph, prefix, fmt="png"))
+    if key in STAGE1:
+        return tiny_stage1_workflow(graph, prefix, fmt="png")
     if needs_native(key):
         size = {"size": (64, 64)} if "ti2v" in key else {}
         return tiny_workflow(graph, prefix, fmt="png", **size)

@@ -87,6 +87,29 @@ def diffusers_checkpoint(transformer, variant: str, path: str | Path, num_blocks
     return _save(Path(path), config, wide, layers)
 
 
+def stage1_checkpoint(transformer, variant: str, path: str | Path, zero: bool = False, seed: int = 0) -> Path:
+    """A Stage 1 checkpoint for a loaded diffusers denoiser, as ``ttm-train stage1`` writes one.
+
+    The patch embedding widened by the VAE's latent channels (x(0)'s latents, ``motion.trained``); with
+    ``zero=False`` the appended channels get seeded random values (so x(0) really changes the output),
+    K = 0 (Stage 1 has no masked layers), trained groups ``patch`` and ``full``.
+    """
+    channels = int(transformer.config.out_channels)
+    wide = widen_patch_embedding(transformer.patch_embedding, channels).float()
+    if not zero:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            extra = wide.weight[:, int(transformer.config.in_channels):]
+            extra.copy_(torch.randn(extra.shape, generator=gen) * 0.5)
+    config = TrainedConfig(stage=1, variant=variant, base=base_shape(transformer), num_blocks=0,
+                           condition_channels=channels, palette=PALETTE_NAME, groups=("patch", "full"),
+                           step=0 if zero else 100)
+    tensors = {"model.patch_embedding.weight": wide.weight.detach().float()}
+    if wide.bias is not None:
+        tensors["model.patch_embedding.bias"] = wide.bias.detach().float()
+    return save_trained(Path(path), config, tensors)
+
+
 def native_checkpoint(file: str | Path, variant: str, path: str | Path, heads: int, num_blocks: int = 1,
                       zero: bool = False, seed: int = 0) -> Path:
     """A Stage 2 checkpoint for a native Wan file (ComfyUI key names), shapes read from its header."""
@@ -176,4 +199,62 @@ def tiny_trained_workflow(graph: dict, prefix: str, fmt: str = "png", trained: b
     for node in graph.values():
         node["inputs"].pop("trained", None)
     del graph[loaders[0]]
+    return graph
+
+
+# ------------------------------------------------------------------------------ the Stage 1 workflow
+STAGE1_MODEL = f"tiny/{VARIANT}"
+"""The tiny diffusers TI2V as Video Model Loader lists it on the plain server (stage2_cases.link_tiny_models)."""
+STAGE1_CKPT = "tiny_stage1_ti2v.safetensors"
+"""A random Stage 1 checkpoint of ``STAGE1_MODEL`` (under models/ttm)."""
+STAGE2_ON_TINY = "tiny_stage2_ti2v.safetensors"
+"""A Stage 2 checkpoint of the same base (under models/ttm): what Image To Motion must refuse, naming trained."""
+STAGE1_FRAMES = 9
+
+
+def install_stage1_models(models: str | Path) -> Path:
+    """The tiny diffusers TI2V (kept when already there, e.g. linked by ``stage2_cases.link_tiny_models``), a
+    Stage 1 checkpoint of it (seed 5) and a Stage 2 one (seed 6) in a ComfyUI ``models/`` folder. The
+    checkpoints depend only on the tiny model's config and the seeds. Returns ``models``."""
+    from tiny_diffusers import build_tiny, save_tiny
+
+    models = Path(models)
+    folder = models / "diffusers" / STAGE1_MODEL
+    if not (folder / "model_index.json").is_file():
+        save_tiny(VARIANT, folder)
+    targets = {STAGE1_CKPT: 5, STAGE2_ON_TINY: 6}
+    if all((models / "ttm" / name).is_file() for name in targets):
+        return models
+    transformer = build_tiny(VARIANT).transformer
+    if not (models / "ttm" / STAGE1_CKPT).is_file():
+        stage1_checkpoint(transformer, VARIANT, models / "ttm" / STAGE1_CKPT, seed=targets[STAGE1_CKPT])
+    if not (models / "ttm" / STAGE2_ON_TINY).is_file():
+        diffusers_checkpoint(transformer, VARIANT, models / "ttm" / STAGE2_ON_TINY, seed=targets[STAGE2_ON_TINY])
+    return models
+
+
+def tiny_stage1_workflow(graph: dict, prefix: str, fmt: str = "png") -> dict:
+    """The shipped Stage 1 workflow (API format, changed in place) on ``install_stage1_models``' files.
+
+    SAM 2, the detector and the LLM are the tiny models every test server has under the shipped names;
+    the video model is the tiny TI2V (fp32, no offload), the checkpoint the tiny Stage 1 one;
+    ``STAGE1_FRAMES`` frames, 2 steps without guidance (cfg 1) in both stages, Video Combine writing ``fmt``
+    under ``prefix``.
+    """
+    kinds = {node["class_type"] for node in graph.values()}
+    if not {"TTM_ImageToMotion", "TTM_TrainedCheckpointLoader", "TTM_VideoModelLoader"} <= kinds:
+        raise ValueError(f"not the shipped Stage 1 workflow: {sorted(kinds)}")
+    for node in graph.values():
+        inputs = node["inputs"]
+        kind = node["class_type"]
+        if kind == "TTM_VideoModelLoader":
+            inputs.update(model=STAGE1_MODEL, offload="none", dtype="fp32")
+        elif kind == "TTM_TrainedCheckpointLoader":
+            inputs["checkpoint"] = STAGE1_CKPT
+        elif kind == "TTM_ImageToMotion":
+            inputs.update(num_frames=STAGE1_FRAMES, steps=2, cfg=1.0)
+        elif kind == "TTM_DiffusersMotionToVideo":
+            inputs.update(steps=2, cfg=1.0)
+        elif kind == "TTM_VideoCombine":
+            inputs.update(format=fmt, filename_prefix=prefix)
     return graph

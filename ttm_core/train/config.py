@@ -190,6 +190,10 @@ def _default_groups() -> dict[str, GroupConfig]:
     return {"layers": GroupConfig(), "patch": GroupConfig()}
 
 
+STAGE1_GROUPS = ("patch", "full")
+"""Stage 1's default groups when a config names none (the paper fine-tunes Stage 1 fully)."""
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW (``adamw8bit``: bitsandbytes' 8-bit AdamW, if installed).
@@ -314,9 +318,10 @@ class TrainConfig:
     Attributes:
         model, data, objective, dropout, optimizer, schedule, cache, checkpoint, ema, validation,
         logging: the sections above.
-        stage: 2 (motion-to-video); 1 is reserved for Stage 1 (image-to-motion).
+        stage: 2 (motion-to-video, ``ttm-train stage2``) or 1 (image-to-motion: the mask trajectory
+            from x(0), s(0) and c_motion, ``ttm-train stage1``; no masked layers).
         masked_blocks: K, blocks from the input side that get the new masked layers (0 = the
-            family default: a quarter of the blocks, the paper's 10 of 40).
+            family default: a quarter of the blocks, the paper's 10 of 40); Stage 1: 0 (none).
         groups: trainable groups by name (``GROUP_NAMES``) with their learning rates.
         steps: optimisation steps.
         precision: accelerate's mixed precision (``no``, ``bf16``, ``fp16``).
@@ -347,7 +352,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
-            raise TTMInputError("stage", f"{self.stage!r}", "use stage 2 (Stage 1 is trained by ttm-train stage1)")
+            raise TTMInputError("stage", f"{self.stage!r}", "use stage: 1 (ttm-train stage1) or stage: 2 "
+                                "(ttm-train stage2)")
         if self.masked_blocks < 0:
             raise TTMInputError("masked_blocks", f"K = {self.masked_blocks}", "use K >= 1, or 0 for the default")
         unknown = sorted(set(self.groups) - set(GROUP_NAMES))
@@ -359,6 +365,18 @@ class TrainConfig:
         if self.stage == 2 and "layers" not in self.groups:
             raise TTMInputError("groups", "Stage 2 trains the new masked layers but groups has no 'layers'",
                                 "add groups.layers: {lr: 2.0e-5}")
+        if self.stage == 1:
+            # Stage 1 (Sec. 3.1) is a full fine-tune with E(x0) on the input channels: no masked layers, and
+            # the widened patch embedding must train or the appended condition stays at its zero init
+            if self.masked_blocks:
+                raise TTMInputError("masked_blocks", f"K = {self.masked_blocks} but Stage 1 has no masked layers",
+                                    "remove masked_blocks (or set 0) in a Stage 1 config")
+            if "layers" in self.groups:
+                raise TTMInputError("groups.layers", "Stage 1 has no masked layers to train",
+                                    "remove groups.layers; Stage 1 trains groups.patch and groups.full (or lora)")
+            if "patch" not in self.groups:
+                raise TTMInputError("groups", "Stage 1 reads x(0) through the widened patch embedding but groups "
+                                    "has no 'patch'", "add groups.patch: {lr: 2.0e-5}")
         if "full" in self.groups and "lora" in self.groups:
             raise TTMInputError("groups", "both 'full' and 'lora' train the base attention",
                                 "choose one of groups.full and groups.lora")
@@ -484,6 +502,8 @@ def config_from_dict(data: dict[str, Any], overrides: tuple[str, ...] | list[str
     data = json.loads(json.dumps(data))  # a deep copy; also rejects non-JSON values early
     for assignment in overrides:
         _set(data, assignment)
+    if data.get("stage") == 1 and "groups" not in data:  # Stage 1's own default: the paper's full fine-tune
+        data["groups"] = {name: {} for name in STAGE1_GROUPS}
     return _build(TrainConfig, data)
 
 

@@ -2,6 +2,7 @@
 
     ttm-train stage2 --config configs/train/stage2_wan21_i2v.yaml [--resume DIR|latest] [--max-steps N]
                      [--set key=value ...]
+    ttm-train stage1 --config configs/train/stage1_wan21_i2v.yaml [...]   (the mask-trajectory model)
     accelerate launch --config_file configs/train/fsdp2.yaml -m ttm_core.train.train_cli stage2 --config ...
     torchrun --nproc_per_node 8 -m ttm_core.train.train_cli stage2 --config ...
 
@@ -28,8 +29,14 @@ def _stage2_task() -> object:
     return Stage2Task()
 
 
-TASKS: dict[str, Callable[[], object]] = {"stage2": _stage2_task}
-"""Subcommand -> the trainer's Task (what is conditioned and generated); Stage 1 registers its own."""
+def _stage1_task() -> object:
+    from .trainer import Stage1Task
+
+    return Stage1Task()
+
+
+TASKS: dict[str, Callable[[], object]] = {"stage1": _stage1_task, "stage2": _stage2_task}
+"""Subcommand -> the trainer's Task (what is conditioned and generated)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

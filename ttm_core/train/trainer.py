@@ -15,9 +15,12 @@ Through-The-Mask Stage 2 (Sec. 3.2) on a stock diffusers I2V model:
 * the objective is the base model's own (``objectives``), condition dropout zeroes the trajectory
   (label latents and masked layers off) and/or the text (empty prompt, no local prompts).
 
-What is conditioned and what is generated is a ``Task`` (``Stage2Task`` here; Stage 1 supplies its
-own: label video as the target, first frame and masks as the condition, c_motion as the prompt), so
-one loop serves both stages.
+What is conditioned and what is generated is a ``Task``, so one loop serves both stages:
+``Stage2Task`` above, and ``Stage1Task`` (Sec. 3.1, the contract of ``motion.trained``): the
+colour-coded label video is the target, s(0) colour-coded is the base model's own image input,
+E(x(0) then mid grey) is appended on the input channels, c_motion is the prompt, no masked layers
+(K = 0) and no local prompts. For Stage 1 the ``dropout.trajectory`` probability zeroes the appended
+x(0) latents (the visual condition of the paper's two-condition guidance).
 
 Batching: the masked-attention plan is one trajectory, so each process runs its ``batch_size`` clips
 one forward/backward at a time and accumulates (accelerate's gradient accumulation); the optimiser
@@ -120,6 +123,33 @@ class Stage2Task:
 
     def local_prompts(self, sample: TrainingSample) -> tuple[str, ...]:
         return sample.local_prompts
+
+
+class Stage1Task:
+    """Stage 1 (image-to-motion): colorize(s) generated from s(0) (the image input), E(x(0)) and c_motion
+    (``motion.trained``: ``stage1_image`` / ``stage1_condition``, the inputs the trained backend gives)."""
+
+    stage = 1
+    uses_masked_layers = False
+
+    def target_video(self, sample: TrainingSample) -> torch.Tensor:
+        return colorize(sample.labels)
+
+    def condition_videos(self, sample: TrainingSample) -> Sequence[torch.Tensor]:
+        from ..motion.trained import stage1_condition
+
+        return (stage1_condition(sample.frames[0], sample.frames.shape[0]),)
+
+    def image(self, sample: TrainingSample) -> torch.Tensor:
+        from ..motion.trained import stage1_image
+
+        return stage1_image(sample.labels[0])
+
+    def prompt(self, sample: TrainingSample) -> str:
+        return sample.motion_prompt
+
+    def local_prompts(self, sample: TrainingSample) -> tuple[str, ...]:
+        return ()
 
 
 # ---------------------------------------------------------------------------------- encodings
@@ -295,8 +325,10 @@ class Trainer:
         self.config = config
         self.task = task or Stage2Task()
         if self.task.stage != config.stage:
-            raise TTMInputError("stage", f"the config says Stage {config.stage}, the task is Stage {self.task.stage}",
-                                f"use ttm-train stage{config.stage}")
+            got, want = config.stage, self.task.stage
+            raise TTMInputError("stage", f"the config is a Stage {got} config (stage: {got}) but this trains Stage "
+                                f"{want}", f"train it with ttm-train stage{got}, or give a Stage {want} config "
+                                f"(configs/train/stage{want}_*.yaml)")
         self.progress = progress
         detected = check_model(config)  # before any weights load
         self.output_dir = Path(config.output_dir)

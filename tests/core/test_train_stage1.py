@@ -1,0 +1,207 @@
+"""ttm-train stage1 (the mask-trajectory model) on tiny diffusers models, and sampling a trajectory with it.
+
+Not here yet (issue 14 stays open): the overfit check of the SAMPLED trajectory (trained vs untrained IoU)
+needs a tiny VAE that carries palette videos; a random-weight VAE cannot reconstruct colours, and fitting
+the tiny Wan VAE to them has not worked so far.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.support.tiny_diffusers import save_tiny
+from ttm_core.errors import TTMInputError
+from ttm_core.motion.trained import sample_trajectory_video, stage1_condition, stage1_image
+from ttm_core.stage2.trained import BaseShape, TrainedConfig, TrainedWeights, load_trained
+from ttm_core.train.config import config_from_dict, load_config
+from ttm_core.train.palette import PALETTE_NAME, colorize, decode_exact, decode_trajectory
+from ttm_core.train.sample import TrainingSample
+from ttm_core.train.train_cli import main as train_main
+from ttm_core.train.trainer import Stage1Task, Stage2Task, Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+FRAMES, SIZE = 9, 64
+LOG = logging.getLogger(__name__)
+WIDE = {"attention_head_dim": 32, "ffn_dim": 128, "added_kv_proj_dim": 64}
+"""A 64-wide tiny Wan 2.1 transformer: the stock 24-wide one predicts 64 values per token through a rank-24
+projection, which caps how far it can overfit."""
+
+
+def moving_objects(i: int) -> TrainingSample:
+    """A textured background with one (clip 0) or two (clip 1) squares moving in different directions."""
+    g = torch.Generator().manual_seed(i)
+    video = (torch.rand(1, SIZE, SIZE, 3, generator=g) * 0.5).expand(FRAMES, SIZE, SIZE, 3).clone()
+    labels = torch.zeros(FRAMES, SIZE, SIZE, dtype=torch.uint8)
+    paths = [((8, 8), (1, 3))] if i == 0 else [((40, 6), (-3, 2)), ((6, 40), (3, -1))]
+    colours = [torch.tensor([0.9, 0.3, 0.1]), torch.tensor([0.1, 0.5, 0.9])]
+    for f in range(FRAMES):
+        for n, ((y0, x0), (dy, dx)) in enumerate(paths):
+            y, x = y0 + dy * f, x0 + dx * f
+            video[f, y:y + 16, x:x + 16] = colours[n]
+            labels[f, y:y + 16, x:x + 16] = n + 1
+    names = tuple(f"object{n}" for n in range(len(paths)))
+    motion = "the ball moves right" if i == 0 else "two balls move across"
+    return TrainingSample(f"s1clip{i}", video, labels, "balls on a table", motion, names, names, 8.0)
+
+
+CLIPS = [moving_objects(i) for i in range(2)]
+
+
+def make_config(folder: Path, out: Path, **changes: object):
+    data = {"stage": 1, "model": {"path": str(folder)},
+            "data": {"size": [SIZE, SIZE], "frames": FRAMES, "batch_size": 2},
+            "groups": {"patch": {"lr": 3e-3}, "full": {"lr": 3e-3}}, "schedule": {"warmup_steps": 0},
+            "steps": 4, "precision": "no", "gradient_checkpointing": False, "checkpoint": {"every": 0, "keep": 5},
+            "validation": {"every": 0}, "logging": {"tensorboard": False}, "output_dir": str(out),
+            "cache": {"latents": True}}
+    return config_from_dict(data, [f"{k}={v}" for k, v in changes.items()])
+
+
+@pytest.fixture(scope="module")
+def tiny_wan21(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny("wan2.1-i2v", tmp_path_factory.mktemp("tiny_s1") / "wan2.1-i2v")
+
+
+# ------------------------------------------------------------------------------- configs
+def test_stage1_example_configs_load() -> None:
+    for name, variant, kind in (("stage1_wan21_i2v", "wan2.1-i2v", "auto"), ("stage1_wan22_ti2v", "wan2.2-ti2v-5b",
+                                                                                 "auto"),
+                                ("stage1_cogvideox_i2v", "cogvideox-1.0-i2v", "auto")):
+        config = load_config(ROOT / "configs" / "train" / f"{name}.yaml")
+        assert (config.stage, config.model.variant, config.masked_blocks) == (1, variant, 0)
+        assert config.trained_groups == ("patch", "full") and config.objective.kind == kind
+        assert config.schedule.warmup_steps == 2000 and config.groups["full"].lr == 2e-5 and config.steps == 50000
+        assert config.data.batch_size * 8 == 32
+
+
+def test_stage1_config_rules(tmp_path: Path) -> None:
+    base = {"stage": 1, "model": {"path": "x"}}
+    assert config_from_dict(base).trained_groups == ("patch", "full")  # Stage 1's default: full fine-tune
+    assert config_from_dict({"model": {"path": "x"}}).trained_groups == ("layers", "patch")  # Stage 2's unchanged
+    with pytest.raises(TTMInputError, match=r"masked_blocks: K = 4 but Stage 1 has no masked layers"):
+        config_from_dict({**base, "masked_blocks": 4})
+    with pytest.raises(TTMInputError, match=r"groups\.layers: Stage 1 has no masked layers"):
+        config_from_dict({**base, "groups": {"layers": {}, "patch": {}}})
+    with pytest.raises(TTMInputError, match=r"groups: Stage 1 reads x\(0\) through the widened patch embedding"):
+        config_from_dict({**base, "groups": {"full": {}}})
+
+
+def test_a_config_of_the_other_stage_is_refused(tmp_path: Path, tiny_wan21: Path) -> None:
+    stage1 = make_config(tiny_wan21, tmp_path)
+    with pytest.raises(TTMInputError, match=r"stage: the config is a Stage 1 config .* trains Stage 2.*ttm-train "
+                                             r"stage1"):
+        Trainer(stage1, CLIPS, task=Stage2Task())
+    with pytest.raises(TTMInputError, match=r"stage: the config is a Stage 1 config"):
+        Trainer(stage1, CLIPS)  # the default task is Stage 2
+    stage2 = ROOT / "configs" / "train" / "stage2_wan21_i2v.yaml"
+    assert train_main(["stage1", "--config", str(stage2)]) == 2  # refused before any weight loads
+    assert train_main(["stage2", "--config", str(ROOT / "configs" / "train" / "stage1_wan21_i2v.yaml")]) == 2
+
+
+# ------------------------------------------------------------------------------- the task
+def test_stage1_task_is_the_backend_contract() -> None:
+    task, sample = Stage1Task(), CLIPS[1]
+    assert torch.equal(task.target_video(sample), colorize(sample.labels))
+    assert torch.equal(task.image(sample), stage1_image(sample.labels[0]))
+    (condition,) = task.condition_videos(sample)
+    assert torch.equal(condition, stage1_condition(sample.frames[0], FRAMES))
+    assert torch.equal(condition[0], sample.frames[0]) and bool((condition[1:] == 0.5).all())
+    assert task.prompt(sample) == "two balls move across" and task.local_prompts(sample) == ()
+    assert (task.stage, task.uses_masked_layers) == (1, False)
+
+
+def test_stage1_trainer_step0_and_checkpoint(tmp_path: Path, tiny_wan21: Path) -> None:
+    trainer = Trainer(make_config(tiny_wan21, tmp_path), CLIPS, task=Stage1Task())
+    assert trainer.num_blocks == 0 and trainer.layers is None and trainer.condition_channels == 16
+    clip = trainer.encode(CLIPS[0])
+    assert clip.labels is None and clip.local == ()
+    kwargs, _, _, plan = trainer._inputs(clip, torch.Generator().manual_seed(0), u=0.5, dropout=False)
+    assert plan is None and kwargs["hidden_states"].shape[1] == 36 + 16
+    module = trainer.accelerator.unwrap_model(trainer.module)
+    with torch.no_grad():
+        ours = module(**kwargs)
+        with trainer.stock_model() as stock:
+            reference = stock(**{**kwargs, "hidden_states": kwargs["hidden_states"][:, :36]})[0]
+    assert torch.equal(ours, reference)  # zero-init widening: step 0 is the stock model
+    result = trainer.train(max_steps=1)
+    weights = load_trained(tmp_path / "ttm_stage1_wan2.1-i2v.safetensors")
+    assert result.step == 1 and weights.config.stage == 1 and weights.config.num_blocks == 0
+    assert weights.config.groups == ("patch", "full") and weights.config.condition_channels == 16
+    assert not any(k.startswith("layers.") for k in weights.tensors)
+    assert "model.blocks.0.attn1.to_q.weight" in weights.tensors  # the full fine-tune is saved
+    assert (result.checkpoint or Path()).name == "step-0000001"
+
+
+# ------------------------------------------------------------------------------- palette round trips
+def palette_labels(count: int, frames: int, size: int, seed: int, objects: tuple[int, int] = (1, 3)
+                   ) -> list[torch.Tensor]:
+    """``count`` uint8 label videos ``[frames, size, size]``: n rectangles (ids 1..n, n in ``objects``), each
+    moving inside its own cell of a 3x3 grid (so none overlaps another, and every object stays whole)."""
+    g = torch.Generator().manual_seed(seed)
+    cell = size // 3
+    videos = []
+    for _ in range(count):
+        n = int(torch.randint(objects[0], objects[1] + 1, (1,), generator=g))
+        video = torch.zeros(frames, size, size, dtype=torch.uint8)
+        for object_id in range(1, n + 1):
+            row, col = divmod(object_id - 1, 3)
+            side = int(torch.randint(cell // 3, cell // 2 + 1, (1,), generator=g))
+            room = cell - side
+            for f in range(frames):
+                y = row * cell + (f * (object_id + 1)) % (room + 1)
+                x = col * cell + (f * (2 * object_id + 1)) % (room + 1)
+                video[f, y:y + side, x:x + side] = object_id
+        videos.append(video)
+    return videos
+
+
+def _weights(stage: int, palette: str = PALETTE_NAME) -> TrainedWeights:
+    """A checkpoint's metadata with placeholder tensors: enough for the refusals made before any model runs."""
+    base = BaseShape("wan", 36, 24, 2, (1, 2, 2), 32)
+    config = TrainedConfig(stage, "wan2.1-i2v", base, 1 if stage == 2 else 0, 16, palette)  # type: ignore[arg-type]
+    tensors = {"model.patch_embedding.weight": torch.zeros(1)}
+    if stage == 2:
+        tensors["layers.blocks.0.x"] = torch.zeros(1)
+    return TrainedWeights(config, tensors, f"ttm_stage{stage}_wan2.1-i2v.safetensors")
+
+
+def test_palette_round_trip_without_a_vae_is_exact() -> None:
+    labels = palette_labels(4, FRAMES, 48, seed=5, objects=(1, 8))
+    for video in labels:
+        ids = tuple(int(i) for i in torch.unique(video[0]).tolist() if i)
+        colour = colorize(video)
+        assert torch.equal(decode_exact(colour), video)
+        decoded = decode_trajectory(colour, ids, min_component=0)
+        present = {i for i in torch.unique(video).tolist() if i}
+        keep = torch.zeros_like(video)
+        for object_id in ids:  # only the first frame's ids are read
+            keep[video == object_id] = object_id
+        assert present >= set(ids) and torch.equal(decoded.labels, keep)
+        assert not decoded.absent.any() and decoded.confidence.min() == 1.0  # exact colours: full confidence
+
+
+def test_bad_input_is_refused_before_the_model_runs() -> None:
+    image, labels = CLIPS[0].frames[0], CLIPS[0].labels[0]
+    args = ("the ball moves", FRAMES, 2, 0, 1.0)
+    with pytest.raises(TTMInputError, match=r"checkpoint: ttm_stage2_wan2\.1-i2v\.safetensors is a Stage 2 "
+                                             r"checkpoint.*Masked Motion To Video"):
+        sample_trajectory_video(None, None, _weights(2), image, labels, *args)
+    with pytest.raises(TTMInputError, match=r"checkpoint: .* label palette 'rgb-4'.*rgb-corners-8.*8 colours"):
+        sample_trajectory_video(None, None, _weights(1, "rgb-4"), image, labels, *args)
+    nine = labels.clone()
+    nine[:4, :4] = 9
+    with pytest.raises(TTMInputError, match=r"masks: 9 objects but the training palette has 8 colours"):
+        sample_trajectory_video(None, None, _weights(1), image, nine, *args)
+    with pytest.raises(TTMInputError, match=r"image: x\(0\) is \(64, 64, 3\) but the first-frame masks are "
+                                             r"\(32, 32\)"):
+        sample_trajectory_video(None, None, _weights(1), image, labels[:32, :32], *args)
+    from ttm_core.motion.trained import palette_labels as to_palette
+
+    with pytest.raises(TTMInputError, match=r"objects: 9 objects but the training palette has 8"):
+        to_palette(labels, tuple(range(1, 10)))
+    with pytest.raises(TTMInputError, match=r"labels: object id 9 is beyond the 8-colour training palette"):
+        colorize(nine[None])  # what Stage1Task.target_video / stage1_image call
