@@ -36,7 +36,7 @@ from einops import rearrange
 from torch import nn
 
 from ..ttm_core.errors import TTMInputError
-from ..ttm_core.motion.fit import fit_trajectory, resample_video
+from ..ttm_core.motion.fit import fit_trajectory, resample_labels
 from ..ttm_core.stage2.attention.grids import token_grid
 from ..ttm_core.stage2.attention.layers import (
     MaskedBlockLayers,
@@ -165,7 +165,9 @@ def build_condition(model: Any, vae: Any, trajectory: Trajectory, latent: torch.
     ratio = WAN22_TI2V.spatial_ratio if latent.shape[1] == 48 else 8
     height, width, num_frames = lat_h * ratio, lat_w * ratio, 4 * (frames - 1) + 1
     fitted = fit_trajectory(trajectory, height, width, num_frames)
-    video = resample_video(condition_video(fitted.labels, fitted.objects.ids), height, width, num_frames)
+    # Ids resized (nearest), then coloured, as in training (a resized colour video blends edge colours).
+    labels = resample_labels(fitted.labels, height, width, num_frames)
+    video = condition_video(labels, fitted.objects.ids)
     encoded = vae.encode(video)
     condition = model.model.process_latent_in(encoded.float()).cpu()
     if tuple(condition.shape[2:]) != tuple(latent.shape[2:]):

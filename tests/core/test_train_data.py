@@ -134,6 +134,25 @@ def test_crash_mid_shard_leaves_no_half_shard(built: tuple[Path, BuildReport, li
         (out / "shard-000000.tar").read_bytes()).digest()
 
 
+def test_a_shard_the_manifest_never_recorded_is_removed_and_its_clips_rebuilt_once(
+        built: tuple[Path, BuildReport, list[ClipInput]], tmp_path: Path) -> None:
+    """A build killed after renaming a shard into place but before appending its clips to the manifest:
+    the rerun removes the orphan and writes those clips once (a reader globbing the folder must not see
+    them twice)."""
+    out, _, inputs = built
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    manifest = copy / MANIFEST
+    lines = manifest.read_text().splitlines()
+    last_shard = json.loads(lines[-1])["shard"]
+    kept = [line for line in lines if json.loads(line)["shard"] != last_shard]
+    manifest.write_text("".join(line + "\n" for line in kept))
+    report = build_dataset(inputs, copy, SETTINGS)
+    assert report.processed == len(lines) - len(kept)
+    keys = [key for shard in sorted(copy.glob("shard-*.tar")) for key, _ in read_shard_members(shard)]
+    assert sorted(keys) == sorted(json.loads(line)["key"] for line in lines if json.loads(line)["status"] == "done")
+
+
 def test_bad_videos_are_skipped_with_the_file_and_the_fix(tmp_path: Path) -> None:
     clip = write_clip(tmp_path, "good", "translation", height=HEIGHT, width=WIDTH, frames=FRAMES)
     garbage = write_garbage_video(tmp_path / "videos" / "broken.mp4")
@@ -222,7 +241,7 @@ def test_reader_order_ranks_skip_and_sizes(built: tuple[Path, BuildReport, list[
     assert len(windows) > 1  # the window start is seeded
     loader = torch.utils.data.DataLoader(ShardReader(out, 48, 64, 9, seed=3), batch_size=None)
     assert [s.key for s in loader] == keys
-    with pytest.raises(TTMInputError, match="no shard-"):
+    with pytest.raises(TTMInputError, match="neither a shard nor a folder holding shard-"):
         ShardReader(out / "nothing", 48, 64, 9)
 
 

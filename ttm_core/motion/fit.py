@@ -90,6 +90,17 @@ def resample_video(frames: torch.Tensor, height: int, width: int, num_frames: in
     return rearrange(resized, "t c h w -> t h w c").clamp(0.0, 1.0).contiguous()
 
 
+def resample_labels(labels: torch.Tensor, height: int, width: int, num_frames: int | None = None) -> torch.Tensor:
+    """uint8 ``[T, H0, W0]`` -> ``[num_frames, height, width]``: nearest frames, nearest-pixel resize, so
+    every pixel keeps an exact id (a colour-coded video drawn from it has only palette colours, as the
+    trained checkpoints saw in training). The input must already have the target aspect ratio."""
+    picked = labels if num_frames is None else labels[frame_map(labels.shape[0], num_frames)]
+    if tuple(picked.shape[1:3]) == (height, width):
+        return picked.contiguous()
+    resized = F.interpolate(picked[:, None].float(), size=(height, width), mode="nearest-exact")
+    return resized[:, 0].round().to(torch.uint8).contiguous()
+
+
 def crop_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """float ``[H0, W0, 3]`` centre-cropped to the aspect ratio of (height, width)."""
     top, left, crop_h, crop_w = center_crop_box((image.shape[0], image.shape[1]), (height, width))

@@ -51,7 +51,15 @@ from .clips import (
     settings_from_json,
     settings_json,
 )
-from .shards import Manifest, ManifestEntry, encode_sample, remove_partials, shard_name, write_shard
+from .shards import (
+    Manifest,
+    ManifestEntry,
+    encode_sample,
+    remove_orphans,
+    remove_partials,
+    shard_name,
+    write_shard,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -401,6 +409,7 @@ def build_dataset(inputs: Sequence[ClipInput], out: Path | str, settings: DataSe
     _check_settings(out, settings)
     remove_partials(out)
     manifest = Manifest(out)
+    remove_orphans(out, manifest)
     ordered = sorted(inputs, key=lambda c: c.key)
     pending = [(i, c) for i, c in enumerate(ordered) if not manifest.finished(c.key)]
     already = len(ordered) - len(pending)

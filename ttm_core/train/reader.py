@@ -240,4 +240,4 @@ class ShardReader(IterableDataset):
             key=entry.key, frames=torch.from_numpy(frames).to(torch.float32).div_(255.0),
             labels=torch.from_numpy(np.ascontiguousarray(labels)), global_prompt=str(meta["global_prompt"]),
             motion_prompt=str(meta["motion_prompt"]), local_prompts=tuple(meta["local_prompts"]),
-            names=tuple(meta["names"]), fps=float(meta["fps"]))
+            names=tuple(meta["names"]), fps=float(meta["fps"]), origin=f"{entry.shard}#{start}+{count}")

@@ -24,6 +24,9 @@ class TrainingSample:
         local_prompts: c_local(l) for l = 1..L.
         names: the objects' short names, l = 1..L.
         fps: frames per second of ``frames``.
+        origin: where this content came from, unique per distinct content (the reader: shard file and
+            frame window); trainers key their caches on ``cache_key`` so a new window of the same clip, or
+            a same-named clip of another shard folder, is never served another one's latents or grid.
     """
 
     key: str
@@ -34,6 +37,7 @@ class TrainingSample:
     local_prompts: tuple[str, ...]
     names: tuple[str, ...]
     fps: float
+    origin: str = ""
 
     def __post_init__(self) -> None:
         f = self.frames
@@ -52,6 +56,11 @@ class TrainingSample:
             raise TTMInputError("labels", f"{self.key}: label {top} but only {count} objects", "rebuild the shard")
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise TTMInputError("fps", f"{self.key}: fps {self.fps}", "record the clip's frame rate")
+
+    @property
+    def cache_key(self) -> str:
+        """The key caches use: ``origin`` and ``key`` together."""
+        return f"{self.origin}|{self.key}"
 
     @property
     def num_objects(self) -> int:

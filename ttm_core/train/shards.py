@@ -197,6 +197,19 @@ def remove_partials(folder: Path) -> list[Path]:
     return stale
 
 
+def remove_orphans(folder: Path, manifest: Manifest) -> list[Path]:
+    """Delete finished shards no manifest entry names: a build killed between renaming a shard into
+    place and appending its clips to the manifest (those clips are rebuilt, so the orphan would hold
+    them twice for readers that glob the folder); returns them."""
+    named = {entry.shard for entry in manifest.entries.values() if entry.shard}
+    orphans = sorted(p for p in Path(folder).glob("shard-*.tar") if p.name not in named)
+    for path in orphans:
+        LOG.warning("removing %s: no manifest entry names it (a build was interrupted while recording it)",
+                    path.name)
+        path.unlink()
+    return orphans
+
+
 def read_shard_members(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample of a shard, in order (WebDataset's key/extension split)."""
     import tarfile

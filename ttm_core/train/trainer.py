@@ -158,7 +158,7 @@ class EncodedClip:
     """One clip ready for the denoiser (float32, on the training device).
 
     Attributes:
-        key: the clip's key.
+        key: the cache key of the sample it came from (``TrainingSample.cache_key``).
         target: x0 latents ``[1, C, F_lat, h, w]``.
         condition: the appended condition latents ``[1, C_cond, F_lat, h, w]``.
         image_condition: the family's stock image conditioning (``training_image_condition``).
@@ -208,6 +208,20 @@ class Ema:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name in self.shadow:
             self.shadow[name].copy_(state[name])
+
+
+def _trainable_only(models: list[nn.Module], weights: list[dict[str, torch.Tensor]], output_dir: str) -> None:
+    """accelerate save-state hook: keep only the trained tensors of each model's state dict, so a
+    resume folder holds what training changed (megabytes to a few GB) instead of a copy of the
+    frozen base (28 GB for Wan 2.1 14B). FSDP / DeepSpeed save through their own code (no hook
+    weights) and still write the whole model."""
+    for model, state in zip(models, weights):
+        wrapped = getattr(model, "module", None)  # DDP
+        inner = wrapped if isinstance(wrapped, nn.Module) else model
+        trained = {name for name, p in inner.named_parameters() if p.requires_grad}
+        for key in list(state):
+            if key.removeprefix("module.") not in trained:
+                del state[key]
 
 
 class TrainModule(nn.Module):
@@ -394,8 +408,14 @@ class Trainer:
             lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         self.state = TrainState()
         accelerator.register_for_checkpointing(self.scheduler, self.state)
+        accelerator.register_save_state_pre_hook(_trainable_only)
         self.ema = None
         if config.ema.enabled:
+            if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+                # FSDP2 / ZeRO-3 replace or partition the parameters at prepare(): float32 shadows of the
+                # local shards would average nothing (and a checkpoint would hold the initial values).
+                raise TTMInputError("ema.enabled", f"EMA is not supported under {accelerator.distributed_type.value}",
+                                    "use DDP (configs/train/ddp.yaml) for EMA runs, or set ema.enabled: false")
             self.ema = Ema(self.trained, config.ema.decay)
             accelerator.register_for_checkpointing(self.ema)
         self.data = data
@@ -509,7 +529,7 @@ class Trainer:
         self._check_sample(sample)
         device = self.accelerator.device
         cache = self.config.cache
-        latents = self._latent_cache.get(sample.key) if cache.latents else None
+        latents = self._latent_cache.get(sample.cache_key) if cache.latents else None
         if latents is None:
             encode = self.family.encode_reference
             target = encode(self.pipeline, self.task.target_video(sample), device).float()
@@ -519,8 +539,8 @@ class Trainer:
                                                          self.config.data.frames, device)
             latents = (target, condition, image)
             if cache.latents:
-                self._latent_cache[sample.key] = latents
-        text = self._text_cache.get(sample.key) if cache.text else None
+                self._latent_cache[sample.cache_key] = latents
+        text = self._text_cache.get(sample.cache_key) if cache.text else None
         if text is None:
             prompt = self._encode_text(self.task.prompt(sample))
             local = []
@@ -535,9 +555,9 @@ class Trainer:
                     local.append(self._encode_text(words)[0, :count].contiguous())
             text = (prompt, tuple(local))
             if cache.text:
-                self._text_cache[sample.key] = text
+                self._text_cache[sample.cache_key] = text
         labels = sample.labels if self.num_blocks else None
-        return EncodedClip(sample.key, latents[0], latents[1], latents[2], text[0], text[1], labels)
+        return EncodedClip(sample.cache_key, latents[0], latents[1], latents[2], text[0], text[1], labels)
 
     def _plan(self, clip: EncodedClip, with_local: bool) -> MaskedAttentionPlan | None:
         if clip.labels is None or not self.num_blocks:
@@ -545,8 +565,8 @@ class Trainer:
         height, width = self.config.data.size
         ids = tuple(range(1, len(clip.local) + 1)) if clip.local else tuple(
             int(i) for i in torch.unique(clip.labels).tolist() if i)
-        grid = self._grids.get(clip.key)
-        if grid is None:  # the trajectory's token grid is a function of the clip alone
+        grid = self._grids.get(clip.key)  # the cache key: shard, frame window and clip
+        if grid is None:  # the trajectory's token grid is a function of the clip's labels alone
             grid = token_grid_from_labels(clip.labels, ids, self.geometry, self.config.data.frames, height, width)
             if len(self._grids) < 4096:
                 self._grids[clip.key] = grid
@@ -735,7 +755,9 @@ class Trainer:
                 raise TTMInputError("--resume", f"{path} was trained with {what} {shown_a}, this config has "
                                     f"{shown_b}", "resume with the config the checkpoint was trained with, or start "
                                     "a new run (another output_dir)")
-        self.accelerator.load_state(str(folder / STATE_DIR))
+        # strict=False: the state holds the trained tensors only (_trainable_only); the frozen base comes
+        # from the model folder, as at the start of the run
+        self.accelerator.load_state(str(folder / STATE_DIR), strict=False)
         logger.info("resumed from %s at step %d", folder, self.state.step)
 
     # ------------------------------------------------------------------------------------- render
@@ -808,7 +830,9 @@ class Trainer:
                             losses.append(float(self._loss(self.module, clip, generator, backward=True)))
                             if accelerator.sync_gradients:
                                 if config.optimizer.max_grad_norm > 0:
-                                    accelerator.clip_grad_norm_(list(self.trained.values()),
+                                    # every parameter of the module (frozen ones have no gradient): accelerate
+                                    # takes its FSDP path only for the whole module's parameter list
+                                    accelerator.clip_grad_norm_(list(self.module.parameters()),
                                                                 config.optimizer.max_grad_norm)
                                 self.optimizer.step()
                                 self.scheduler.step()
@@ -885,17 +909,18 @@ def render(trainer: Trainer, weights: TrainedWeights, sample: TrainingSample, st
     clip = trainer.encode(sample)
     cfg = cfg or trainer.variant.default_cfg
     do_cfg = cfg > 1.0
-    negative = trainer._empty_prompt() if do_cfg else None
     height, width = trainer.config.data.size
     with trainer.stock_model() as transformer, contextlib.ExitStack() as stack:
+        dtype = next(transformer.parameters()).dtype
+        # one tensor for the pipeline and for conditional_rows (which tells the CFG halves apart by it)
+        negative = trainer._empty_prompt().to(dtype) if do_cfg else None
         layers = stack.enter_context(trained_denoiser(transformer, weights, clip.condition))
         plan = trainer._plan(clip, with_local=True)
         if plan is not None and layers is not None:
             state = stack.enter_context(masked_attention(transformer, plan, layers))
             stack.enter_context(family.conditional_rows([transformer], state, negative, do_cfg))
-        dtype = next(transformer.parameters()).dtype
         output = pipeline(image=_pil(trainer.task.image(sample)), prompt_embeds=clip.prompt.to(dtype),
-                          negative_prompt_embeds=None if negative is None else negative.to(dtype), height=height,
+                          negative_prompt_embeds=negative, height=height,
                           width=width, num_frames=trainer.config.data.frames, num_inference_steps=steps,
                           guidance_scale=cfg, generator=torch.Generator("cpu").manual_seed(seed), output_type="pt",
                           **family.pipeline_kwargs(pipeline, sample.fps))

@@ -38,6 +38,7 @@ from PIL import Image
 
 from ...errors import TTMInputError
 from ...motion.cut_and_drag import check_first_frame, cut_and_drag
+from ...motion.fit import resample_labels
 from ...types import PretrainedModel, ProgressFn, Prompts, Trajectory
 from ..attention.grids import token_grid_from_labels
 from ..attention.install import masked_attention
@@ -323,10 +324,11 @@ def _pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def _trained_masking(model: VideoModel, weights: TrainedWeights, masking: MaskedAttention,
+def _trained_masking(model: VideoModel, weights: TrainedWeights, masking: MaskedAttention, plan: FramePlan,
                      input_name: str = "trained") -> MaskedAttention:
     """``trained.trained_masking`` after refusing (naming the input and the fix) variants the trained
-    path does not support and checkpoints of another base model or stage."""
+    path does not support, checkpoints of another base model or stage, weights held off the model
+    (sequential CPU offload) and CogVideoX 1.5 lengths its pipeline would pad (before any model runs)."""
     if not isinstance(weights, TrainedWeights):
         raise TTMInputError(input_name, f"got a {type(weights).__name__}, not a trained checkpoint",
                             "connect Trained Checkpoint Loader (Through-The-Mask)")
@@ -334,7 +336,20 @@ def _trained_masking(model: VideoModel, weights: TrainedWeights, masking: Masked
     if variant.key not in TRAINED_VARIANTS:
         raise TTMInputError(input_name, f"trained checkpoints run on {', '.join(TRAINED_VARIANTS)}, the model is "
                             f"{variant.label}", "load the base model the checkpoint was trained on")
-    check_compatible(weights, model.denoisers[0], 2, variant.key, input_name)
+    denoiser = model.denoisers[0]
+    if any(p.device.type == "meta" for p in denoiser.parameters()):
+        raise TTMInputError("offload", "sequential CPU offload keeps the denoiser's weights off the model, where a "
+                            "trained checkpoint cannot be loaded into it", "use offload 'model' (or none) with a "
+                            "trained checkpoint")
+    check_compatible(weights, denoiser, 2, variant.key, input_name)
+    patch_t = getattr(denoiser.config, "patch_size_t", None)
+    latent_frames = (plan.num_frames - 1) // 4 + 1
+    if patch_t and latent_frames % patch_t:
+        # The pipeline would pad the latent frames to a multiple of patch_size_t, the condition would not.
+        good = [f for f in (plan.num_frames - 4, plan.num_frames + 4) if ((f - 1) // 4 + 1) % patch_t == 0]
+        raise TTMInputError("num_frames", f"{variant.label} with a trained checkpoint needs a frame count whose "
+                            f"{latent_frames} latent frames are a multiple of {patch_t}",
+                            f"use {' or '.join(map(str, good))} frames")
     return trained_masking(weights, masking)
 
 
@@ -344,9 +359,10 @@ def trained_condition(model: VideoModel, trajectory: Trajectory, plan: FramePlan
     Returns:
         float32 ``[1, C, F_lat, H_lat, W_lat]`` on the execution device.
     """
-    labels = trajectory.labels[plan.frame_sources()]
-    video = fit_frames(condition_video(labels, trajectory.objects.ids), plan)
-    return encode_reference(model, video)
+    # Ids are resized (nearest), then coloured: a resized colour video would blend colours at the edges
+    # that training never showed (the reader resizes the label ids the same way).
+    labels = resample_labels(fit_labels(trajectory.labels[plan.frame_sources()], plan), plan.height, plan.width)
+    return encode_reference(model, condition_video(labels, trajectory.objects.ids))
 
 
 def _will_pin(clock: DualClock | None, steps: int) -> bool:
@@ -403,7 +419,7 @@ def generate(model: VideoModel, image: torch.Tensor, trajectory: Trajectory, pro
     check_lengths(model, texts)
     masking = settings.masking
     if trained is not None:
-        masking = _trained_masking(model, trained, masking)
+        masking = _trained_masking(model, trained, masking, plan)
     window = masking.steps(steps)
     masked = not plain and masking.active and len(window) > 0
     guiding = not plain and _will_pin(settings.guidance, steps)
