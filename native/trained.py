@@ -52,6 +52,7 @@ from ..ttm_core.stage2.trained import (
     BaseShape,
     SplitPatchEmbedding,
     TrainedWeights,
+    check_base,
     condition_video,
     widen_patch_embedding,
 )
@@ -114,21 +115,11 @@ def check_native(weights: TrainedWeights, model: Any, info: WanInfo, input_name:
     if not isinstance(weights, TrainedWeights):
         raise TTMInputError(input_name, f"got a {type(weights).__name__}, not a trained checkpoint",
                             "connect Trained Checkpoint Loader (Through-The-Mask)")
-    config, name = weights.config, Path(weights.source).name or "the checkpoint"
     variant = native_variant(info)
     if variant not in TRAINED_VARIANTS:
         raise TTMInputError(input_name, f"trained checkpoints run on {', '.join(TRAINED_VARIANTS)}, the model is "
                             f"{variant} (one of two experts)", "load the base model the checkpoint was trained on")
-    if config.stage != 2:
-        raise TTMInputError(input_name, f"{name} is a Stage {config.stage} checkpoint, this is Stage 2",
-                            "load a Stage 2 checkpoint here")
-    if config.variant != variant:
-        raise TTMInputError(input_name, f"{name} was trained on {config.variant}, the model is {variant}",
-                            f"load the {config.variant} base model")
-    shape = native_base_shape(model)
-    if shape != config.base:
-        raise TTMInputError(input_name, f"{name} was trained on {config.base.describe()} but the model is "
-                            f"{shape.describe()}", f"load the base model it was trained on ({config.variant})")
+    check_base(weights, native_base_shape(model), 2, variant, input_name)
 
 
 def wan_layers(weights: TrainedWeights, diffusion: Any, input_name: str = "trained") -> MaskedLayers:

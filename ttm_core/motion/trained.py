@@ -35,7 +35,7 @@ from einops import rearrange
 from ..errors import TTMInputError
 from ..stage2.settings import MAX_SEED
 from ..stage2.trained import TRAINED_VARIANTS, TrainedWeights, check_compatible
-from ..train.palette import PALETTE_NAME, TRAIN_PALETTE, DecodedLabels, colorize
+from ..train.palette import PALETTE_NAME, TRAIN_PALETTE, DecodedLabels, colorize, palette_labels
 from ..types import Objects, ProgressFn, Trajectory
 
 if TYPE_CHECKING:
@@ -78,17 +78,6 @@ def stage1_condition(image: torch.Tensor, frames: int) -> torch.Tensor:
     video = torch.full((frames, *image.shape), GREY, dtype=torch.float32, device=image.device)
     video[0] = image.to(torch.float32).clamp(0.0, 1.0)
     return video
-
-
-def palette_labels(labels: torch.Tensor, object_ids: tuple[int, ...]) -> torch.Tensor:
-    """A label video with arbitrary object ids -> palette order (object_ids[i] -> i + 1), uint8 ``[...]``."""
-    if len(object_ids) > len(TRAIN_PALETTE):
-        raise TTMInputError("objects", f"{len(object_ids)} objects but the training palette has "
-                            f"{len(TRAIN_PALETTE)} colours", f"use at most {len(TRAIN_PALETTE)} objects")
-    lookup = torch.zeros(256, dtype=torch.uint8, device=labels.device)
-    for i, object_id in enumerate(object_ids):
-        lookup[int(object_id)] = i + 1
-    return lookup[labels.long()]
 
 
 # ---------------------------------------------------------------------------- the trained backend

@@ -220,12 +220,18 @@ def load_trained(path: str | os.PathLike[str], input_name: str = "checkpoint") -
 
 def check_compatible(weights: TrainedWeights, model: PretrainedModel, stage: Stage, variant: str | None = None,
                      input_name: str = "checkpoint") -> None:
-    """Refuse a checkpoint of another stage, family, variant or base model shape (naming both)."""
+    """Refuse a checkpoint of another stage, family, variant or base model shape for a diffusers denoiser."""
+    check_base(weights, base_shape(model), stage, variant, input_name)
+
+
+def check_base(weights: TrainedWeights, shape: BaseShape, stage: Stage, variant: str | None = None,
+               input_name: str = "checkpoint") -> None:
+    """Refuse a checkpoint of another stage, base model shape or variant (naming both); ``shape`` is the
+    loaded model's, however it was read (diffusers config, ComfyUI's Wan)."""
     config, name = weights.config, Path(weights.source).name or "the checkpoint"
     if config.stage != stage:
         raise TTMInputError(input_name, f"{name} is a Stage {config.stage} checkpoint, this is Stage {stage}",
                             f"load a Stage {stage} checkpoint here")
-    shape = base_shape(model)
     if shape != config.base:
         raise TTMInputError(input_name, f"{name} was trained on {config.base.describe()} but the model is "
                             f"{shape.describe()}", f"load the base model it was trained on ({config.variant})")
@@ -501,12 +507,9 @@ def condition_video(labels: torch.Tensor, object_ids: tuple[int, ...] | list[int
     Returns:
         float32 ``[T, H, W, 3]`` in 0..1 on the labels' device.
     """
-    from ..train.palette import colorize
+    from ..train.palette import colorize, palette_labels
 
-    lut = torch.zeros(256, dtype=torch.int64, device=labels.device)
-    for index, object_id in enumerate(object_ids, start=1):
-        lut[int(object_id)] = index
-    return colorize(lut[labels.long()])
+    return colorize(palette_labels(labels, tuple(object_ids)))
 
 
 def trained_masking(weights: TrainedWeights, masking: MaskedAttention) -> MaskedAttention:

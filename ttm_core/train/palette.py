@@ -57,6 +57,18 @@ def colorize(labels: torch.Tensor) -> torch.Tensor:
     return palette_tensor(labels.device)[labels.long()]
 
 
+def palette_labels(labels: torch.Tensor, object_ids: tuple[int, ...]) -> torch.Tensor:
+    """A label video with arbitrary object ids -> palette order (object_ids[i] -> i + 1), uint8 ``[...]``;
+    ids not listed become background."""
+    if len(object_ids) > len(TRAIN_PALETTE):
+        raise TTMInputError("objects", f"{len(object_ids)} objects but the training palette has "
+                            f"{len(TRAIN_PALETTE)} colours", f"use at most {len(TRAIN_PALETTE)} objects")
+    lookup = torch.zeros(256, dtype=torch.uint8, device=labels.device)
+    for i, object_id in enumerate(object_ids):
+        lookup[int(object_id)] = i + 1
+    return lookup[labels.long()]
+
+
 def decode_exact(video: torch.Tensor) -> torch.Tensor:
     """Colour-coded video -> label video by nearest palette colour (exact inverse of ``colorize``).
 
