@@ -1,8 +1,9 @@
 """ttm-train stage1 (the mask-trajectory model) on tiny diffusers models, and sampling a trajectory with it.
 
-Not here yet (issue 14 stays open): the overfit check of the SAMPLED trajectory (trained vs untrained IoU)
-needs a tiny VAE that carries palette videos; a random-weight VAE cannot reconstruct colours, and fitting
-the tiny Wan VAE to them has not worked so far.
+Not here yet (issue 14 stays open): the overfit check of the SAMPLED trajectory by label IoU. A random-weight VAE
+cannot carry colours to pixels, and its latents do not carry them either (see
+``test_overfit_stage1_sampled_trajectory_beats_the_untrained_model``): the sampled trajectory is checked in latent
+space by its distance to the target, and its latent label reading's IoU is only logged.
 """
 
 from __future__ import annotations
@@ -15,10 +16,17 @@ import torch
 
 from tests.support.tiny_diffusers import save_tiny
 from ttm_core.errors import TTMInputError
-from ttm_core.motion.trained import sample_trajectory_video, stage1_condition, stage1_image
+from ttm_core.motion.trained import sample_trajectory_latents, sample_trajectory_video, stage1_condition, stage1_image
 from ttm_core.stage2.trained import BaseShape, TrainedConfig, TrainedWeights, load_trained
 from ttm_core.train.config import config_from_dict, load_config
-from ttm_core.train.palette import PALETTE_NAME, colorize, decode_exact, decode_trajectory
+from ttm_core.train.palette import (
+    PALETTE_NAME,
+    classify_latents,
+    colorize,
+    decode_exact,
+    decode_trajectory,
+    latent_palette,
+)
 from ttm_core.train.sample import TrainingSample
 from ttm_core.train.train_cli import main as train_main
 from ttm_core.train.trainer import Stage1Task, Stage2Task, Trainer
@@ -205,3 +213,102 @@ def test_bad_input_is_refused_before_the_model_runs() -> None:
         to_palette(labels, tuple(range(1, 10)))
     with pytest.raises(TTMInputError, match=r"labels: object id 9 is beyond the 8-colour training palette"):
         colorize(nine[None])  # what Stage1Task.target_video / stage1_image call
+
+
+# ------------------------------------------------------------------------------- reading latents
+def test_classify_latents_reads_a_local_encoder_exactly() -> None:
+    """With an encoder that keeps colours local (8x8 average pooling, a causal 1 + 4k frame grouping), the
+    nearest colour latent gives back the labels at latent resolution."""
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    def encode(video: torch.Tensor) -> torch.Tensor:
+        x = rearrange(video, "f h w c -> 1 c f h w")
+        x = torch.cat([x[:, :, :1], x[:, :, 1:]], dim=2)[:, :, ::4]  # latent frames 0, 4, 8 (1 + 4k)
+        x = F.avg_pool3d(x, (1, 8, 8))
+        return torch.cat([x, 1.0 - x], dim=1) * torch.tensor([1.0, 2, 3, 1, 2, 3]).view(1, 6, 1, 1, 1)
+
+    palette = latent_palette(encode, FRAMES, (SIZE, SIZE))
+    assert palette.shape == (9, 6, 3)
+    labels = torch.zeros(FRAMES, SIZE, SIZE, dtype=torch.uint8)
+    labels[:, 8:24, 16:40], labels[:, 40:56, 0:8] = 2, 5
+    read = classify_latents(encode(colorize(labels)), palette, (2, 5))
+    assert read.dtype == torch.uint8 and torch.equal(read, labels[::4, ::8, ::8])
+    assert set(classify_latents(encode(colorize(labels)), palette, (2,)).unique().tolist()) == {0, 2}  # ids only
+    with pytest.raises(TTMInputError, match=r"latents: latents \(6, 2, 8, 8\) do not match the palette"):
+        classify_latents(torch.zeros(6, 2, 8, 8), palette, (2,))
+    with pytest.raises(TTMInputError, match=r"ids: object id 9 is beyond the 8-colour palette"):
+        classify_latents(torch.zeros(6, 3, 8, 8), palette, (9,))
+
+
+@pytest.fixture(scope="module")
+def wide_wan21(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wan 2.1 I2V with a 64-wide transformer (``WIDE``)."""
+    from diffusers import WanTransformer3DModel
+
+    from tests.support.tiny_diffusers import build_tiny
+
+    torch.manual_seed(0)
+    pipe = build_tiny("wan2.1-i2v")
+    pipe.transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, text_dim=32, freq_dim=32, num_layers=2, cross_attn_norm=True,
+        rope_max_seq_len=64, in_channels=36, out_channels=16, image_dim=24, **WIDE).eval()
+    folder = tmp_path_factory.mktemp("wide_s1") / "wan2.1-i2v-wide"
+    pipe.save_pretrained(str(folder))
+    return folder
+
+
+def _iou(read: torch.Tensor, target: torch.Tensor, ids: tuple[int, ...]) -> float:
+    """Mean over ``ids`` of each object's IoU over the whole (latent) video."""
+    values = [float(((read == i) & (target == i)).sum()) / max(1, int(((read == i) | (target == i)).sum()))
+              for i in ids]
+    return sum(values) / len(values)
+
+
+@pytest.mark.slow
+def test_overfit_stage1_sampled_trajectory_beats_the_untrained_model(tmp_path: Path, wide_wan21: Path) -> None:
+    """Trained on the 2 clips (300 steps, random noise and timesteps, no text dropout), the checkpoint's SAMPLED
+    trajectory (8 steps, seed 0, cfg off, stock pipeline stopped before the VAE decoder) lies far closer to the
+    clip's target latents than the untrained (zero-init = stock) model's, same seed.
+
+    Measured (this file's clips and seeds): latent MSE to the target 1.40 untrained -> 0.039 trained (0.030
+    after 800 steps); asserted <= 0.1x. NOT asserted: the label IoU of the latent reading (``classify_latents``
+    against the reading of the encoded target), mean 0.17 untrained vs 0.21-0.25 trained -- no clear margin,
+    because the tiny random Wan VAE does not carry colours in its latents either: black is 0.01-0.03 from red,
+    blue and magenta (latent norm ~1.5, spatial spread 0.03-0.07 within one solid colour), and its reading of
+    the encoded target agrees with the nearest-downsampled labels at IoU 0.0-0.1 (the encoder is not local at
+    64 px). The IoU check needs a VAE that carries the palette (trained, or the real base)."""
+    from ttm_core.stage2.diffusers.loader import load_video_model
+
+    fast = "{lr: 3e-3}"
+    config = make_config(wide_wan21, tmp_path, steps=300, **{"groups.patch": fast, "groups.full": fast,
+                                                             "dropout.text": 0.0})
+    trainer = Trainer(config, CLIPS, task=Stage1Task())
+    untrained = TrainedWeights(trainer.trained_config(), trainer.trained_tensors(), "untrained.safetensors")
+    trainer.train()
+    trained = load_trained(tmp_path / "ttm_stage1_wan2.1-i2v.safetensors")
+    model = load_video_model(wide_wan21)
+    device = torch.device("cpu")
+
+    def encode(video: torch.Tensor) -> torch.Tensor:
+        return model.family.encode_reference(model.pipeline, video, device)
+
+    palette = latent_palette(encode, FRAMES, (SIZE, SIZE))
+    errors: dict[str, list[float]] = {"untrained": [], "trained": []}
+    ious: dict[str, list[float]] = {"untrained": [], "trained": []}
+    with torch.no_grad():
+        for clip in CLIPS:
+            ids = tuple(int(i) for i in torch.unique(clip.labels[0]).tolist() if i)
+            target = encode(colorize(clip.labels))[0]
+            reading = classify_latents(target, palette, ids)
+            for name, weights in (("untrained", untrained), ("trained", trained)):
+                latents = sample_trajectory_latents(model.pipeline, model.family, weights, clip.frames[0],
+                                                    clip.labels[0], clip.motion_prompt, FRAMES, 8, 0, 1.0)
+                assert latents.shape == target.shape
+                errors[name].append(float((latents - target).square().mean()))
+                ious[name].append(_iou(classify_latents(latents, palette, ids), reading, ids))
+    mse = {k: sum(v) / len(v) for k, v in errors.items()}
+    iou = {k: sum(v) / len(v) for k, v in ious.items()}
+    LOG.info("stage 1 sampled trajectory: latent MSE untrained %.4f trained %.4f; latent-reading IoU untrained "
+             "%.3f trained %.3f", mse["untrained"], mse["trained"], iou["untrained"], iou["trained"])
+    assert mse["trained"] <= 0.1 * mse["untrained"], mse
