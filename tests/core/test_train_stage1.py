@@ -1,9 +1,8 @@
 """ttm-train stage1 (the mask-trajectory model) on tiny diffusers models, and sampling a trajectory with it.
 
-Not here yet (issue 14 stays open): the overfit check of the SAMPLED trajectory (trained vs untrained IoU)
-needs a tiny VAE that carries palette videos; a random-weight VAE cannot reconstruct colours, and fitting
-the tiny Wan VAE to them has not worked so far.
-"""
+The overfit check of the SAMPLED trajectory reads it in latent space (``classify_latents``) with the tiny Wan 2.1
+VAE whose encoder carries colours locally (``tests/support/palette_vae.py``); the random decoder still cannot
+carry colours back to pixels, so no pixel-space IoU of a sampled trajectory is checked here."""
 
 from __future__ import annotations
 
@@ -15,10 +14,17 @@ import torch
 
 from tests.support.tiny_diffusers import save_tiny
 from ttm_core.errors import TTMInputError
-from ttm_core.motion.trained import sample_trajectory_video, stage1_condition, stage1_image
+from ttm_core.motion.trained import sample_trajectory_latents, sample_trajectory_video, stage1_condition, stage1_image
 from ttm_core.stage2.trained import BaseShape, TrainedConfig, TrainedWeights, load_trained
 from ttm_core.train.config import config_from_dict, load_config
-from ttm_core.train.palette import PALETTE_NAME, colorize, decode_exact, decode_trajectory
+from ttm_core.train.palette import (
+    PALETTE_NAME,
+    classify_latents,
+    colorize,
+    decode_exact,
+    decode_trajectory,
+    latent_palette,
+)
 from ttm_core.train.sample import TrainingSample
 from ttm_core.train.train_cli import main as train_main
 from ttm_core.train.trainer import Stage1Task, Stage2Task, Trainer
@@ -205,3 +211,141 @@ def test_bad_input_is_refused_before_the_model_runs() -> None:
         to_palette(labels, tuple(range(1, 10)))
     with pytest.raises(TTMInputError, match=r"labels: object id 9 is beyond the 8-colour training palette"):
         colorize(nine[None])  # what Stage1Task.target_video / stage1_image call
+
+
+# ------------------------------------------------------------------------------- reading latents
+def test_classify_latents_reads_a_local_encoder_exactly() -> None:
+    """With an encoder that keeps colours local (8x8 average pooling, a causal 1 + 4k frame grouping), the
+    nearest colour latent gives back the labels at latent resolution."""
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    def encode(video: torch.Tensor) -> torch.Tensor:
+        x = rearrange(video, "f h w c -> 1 c f h w")
+        x = torch.cat([x[:, :, :1], x[:, :, 1:]], dim=2)[:, :, ::4]  # latent frames 0, 4, 8 (1 + 4k)
+        x = F.avg_pool3d(x, (1, 8, 8))
+        return torch.cat([x, 1.0 - x], dim=1) * torch.tensor([1.0, 2, 3, 1, 2, 3]).view(1, 6, 1, 1, 1)
+
+    palette = latent_palette(encode, FRAMES, (SIZE, SIZE))
+    assert palette.shape == (9, 6, 3)
+    labels = torch.zeros(FRAMES, SIZE, SIZE, dtype=torch.uint8)
+    labels[:, 8:24, 16:40], labels[:, 40:56, 0:8] = 2, 5
+    read = classify_latents(encode(colorize(labels)), palette, (2, 5))
+    assert read.dtype == torch.uint8 and torch.equal(read, labels[::4, ::8, ::8])
+    assert set(classify_latents(encode(colorize(labels)), palette, (2,)).unique().tolist()) == {0, 2}  # ids only
+    with pytest.raises(TTMInputError, match=r"latents: latents \(6, 2, 8, 8\) do not match the palette"):
+        classify_latents(torch.zeros(6, 2, 8, 8), palette, (2,))
+    with pytest.raises(TTMInputError, match=r"ids: object id 9 is beyond the 8-colour palette"):
+        classify_latents(torch.zeros(6, 3, 8, 8), palette, (9,))
+
+
+def test_palette_vae_encoder_reads_labels_at_latent_resolution() -> None:
+    """``palette_vae``'s encoder is the local colour code (to float error) and its latent reading gives back
+    grid-aligned labels exactly; the random tiny VAE's does not."""
+    from einops import rearrange
+
+    from tests.support.palette_vae import code_matrix, local_target, palette_vae
+    from tests.support.tiny_diffusers import _wan_vae
+
+    def encoder(vae):
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+
+        def encode(video: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                x = rearrange(video, "f h w c -> 1 c f h w") * 2.0 - 1.0
+                return (vae.encode(x).latent_dist.mode() - mean) / std
+        return encode
+
+    local = encoder(palette_vae())
+    video = torch.rand(FRAMES, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(local(video), local_target(video[None], code_matrix()), atol=2e-3, rtol=0)
+    labels = torch.zeros(FRAMES, SIZE, SIZE, dtype=torch.uint8)
+    for i in range(1, 9):  # all 8 colours, blocks on the 8 px grid, moving by one block every 4 frames
+        for f in range(FRAMES):
+            y, x = 8 * (i - 1), 8 * ((i * 3 + (f + 3) // 4) % 8)
+            labels[f, y:y + 8, x:x + 8] = i
+    ids = tuple(range(1, 9))
+    target = labels[[0, 4, 8], ::8, ::8]
+    assert torch.equal(classify_latents(local(colorize(labels)), latent_palette(local, FRAMES, (SIZE, SIZE)), ids),
+                       target)
+    torch.manual_seed(0)
+    stock = encoder(_wan_vae(False))
+    read = classify_latents(stock(colorize(labels)), latent_palette(stock, FRAMES, (SIZE, SIZE)), ids)
+    assert _iou(read, target, ids) < 0.5
+
+
+@pytest.fixture(scope="module")
+def wide_wan21(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wan 2.1 I2V with a 64-wide transformer (``WIDE``) and the local-colour encoder of ``palette_vae``."""
+    from diffusers import WanTransformer3DModel
+
+    from tests.support.palette_vae import palette_vae
+    from tests.support.tiny_diffusers import build_tiny
+
+    torch.manual_seed(0)
+    pipe = build_tiny("wan2.1-i2v")
+    pipe.vae = palette_vae()
+    pipe.transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, text_dim=32, freq_dim=32, num_layers=2, cross_attn_norm=True,
+        rope_max_seq_len=64, in_channels=36, out_channels=16, image_dim=24, **WIDE).eval()
+    folder = tmp_path_factory.mktemp("wide_s1") / "wan2.1-i2v-wide"
+    pipe.save_pretrained(str(folder))
+    return folder
+
+
+def _iou(read: torch.Tensor, target: torch.Tensor, ids: tuple[int, ...]) -> float:
+    """Mean over ``ids`` of each object's IoU over the whole (latent) video."""
+    values = [float(((read == i) & (target == i)).sum()) / max(1, int(((read == i) | (target == i)).sum()))
+              for i in ids]
+    return sum(values) / len(values)
+
+
+@pytest.mark.slow
+def test_overfit_stage1_sampled_trajectory_beats_the_untrained_model(tmp_path: Path, wide_wan21: Path) -> None:
+    """Trained on the 2 clips (300 steps, random noise and timesteps, no text dropout), the checkpoint's SAMPLED
+    trajectory (8 steps, seed 0, cfg off, stock pipeline stopped before the VAE decoder) lies far closer to the
+    clip's target latents than the untrained (zero-init = stock) model's, same seed, and its label reading
+    (``classify_latents`` against the reading of the encoded target; the VAE's encoder is ``palette_vae``'s
+    local colour code, so cells read as their 8x8 px block's colour) overlaps the target's far more.
+
+    Measured (this file's clips and seeds, CPU): latent MSE to the target 1.86 untrained -> 0.080 trained
+    (asserted <= 0.1x); mean object IoU of the latent reading 0.057 untrained -> 0.350 trained (asserted
+    trained >= untrained + 0.2). Not higher because the tiny model under-fits the moving frames: latent frame 0
+    reads almost exactly, later frames fade objects towards background (800 steps: MSE 0.068, IoU 0.320; 20
+    sampling steps: IoU 0.350)."""
+    from ttm_core.stage2.diffusers.loader import load_video_model
+
+    fast = "{lr: 3e-3}"
+    config = make_config(wide_wan21, tmp_path, steps=300, **{"groups.patch": fast, "groups.full": fast,
+                                                             "dropout.text": 0.0})
+    trainer = Trainer(config, CLIPS, task=Stage1Task())
+    untrained = TrainedWeights(trainer.trained_config(), trainer.trained_tensors(), "untrained.safetensors")
+    trainer.train()
+    trained = load_trained(tmp_path / "ttm_stage1_wan2.1-i2v.safetensors")
+    model = load_video_model(wide_wan21)
+    device = torch.device("cpu")
+
+    def encode(video: torch.Tensor) -> torch.Tensor:
+        return model.family.encode_reference(model.pipeline, video, device)
+
+    palette = latent_palette(encode, FRAMES, (SIZE, SIZE))
+    errors: dict[str, list[float]] = {"untrained": [], "trained": []}
+    ious: dict[str, list[float]] = {"untrained": [], "trained": []}
+    with torch.no_grad():
+        for clip in CLIPS:
+            ids = tuple(int(i) for i in torch.unique(clip.labels[0]).tolist() if i)
+            target = encode(colorize(clip.labels))[0]
+            reading = classify_latents(target, palette, ids)
+            for name, weights in (("untrained", untrained), ("trained", trained)):
+                latents = sample_trajectory_latents(model.pipeline, model.family, weights, clip.frames[0],
+                                                    clip.labels[0], clip.motion_prompt, FRAMES, 8, 0, 1.0)
+                assert latents.shape == target.shape
+                errors[name].append(float((latents - target).square().mean()))
+                ious[name].append(_iou(classify_latents(latents, palette, ids), reading, ids))
+    mse = {k: sum(v) / len(v) for k, v in errors.items()}
+    iou = {k: sum(v) / len(v) for k, v in ious.items()}
+    LOG.info("stage 1 sampled trajectory: latent MSE untrained %.4f trained %.4f; latent-reading IoU untrained "
+             "%.3f trained %.3f", mse["untrained"], mse["trained"], iou["untrained"], iou["trained"])
+    assert mse["trained"] <= 0.1 * mse["untrained"], mse
+    assert iou["trained"] >= iou["untrained"] + 0.2, iou

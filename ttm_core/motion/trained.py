@@ -26,7 +26,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -283,7 +283,6 @@ def check_stage1_checkpoint(weights: TrainedWeights, input_name: str = "checkpoi
                             "use a checkpoint trained with this version of ttm-train, or retrain it")
 
 
-@torch.no_grad()
 def sample_trajectory_video(pipeline: Any, family: Any, weights: TrainedWeights, image: torch.Tensor,
                             first_labels: torch.Tensor, motion_prompt: str, frames: int, steps: int, seed: int,
                             cfg: float, progress: ProgressFn | None = None) -> torch.Tensor:
@@ -312,7 +311,35 @@ def sample_trajectory_video(pipeline: Any, family: Any, weights: TrainedWeights,
         TTMInputError: a checkpoint of another stage / palette / base, sizes that do not match, more objects
             than the palette, before the model runs.
     """
-    from einops import rearrange
+    output = _sample(pipeline, family, weights, image, first_labels, motion_prompt, frames, steps, seed, cfg,
+                     progress, "pt")
+    return rearrange(output.float(), "f c h w -> f h w c").cpu().clamp(0.0, 1.0).contiguous()
+
+
+def sample_trajectory_latents(pipeline: Any, family: Any, weights: TrainedWeights, image: torch.Tensor,
+                              first_labels: torch.Tensor, motion_prompt: str, frames: int, steps: int, seed: int,
+                              cfg: float, progress: ProgressFn | None = None) -> torch.Tensor:
+    """``sample_trajectory_video`` stopped before the VAE decoder: the sampled latents.
+
+    The same run (same inputs, checks and noise; the pipeline's ``output_type="latent"``), for reading a
+    sample without decoding it, e.g. with ``train.palette.classify_latents`` when the VAE cannot carry
+    palette colours (random-weight test models).
+
+    Returns:
+        float32 ``[C, F_lat, h, w]`` on the CPU, in the space the denoiser works in (the trainer's
+        targets, ``Family.encode_reference``'s latents).
+    """
+    output = _sample(pipeline, family, weights, image, first_labels, motion_prompt, frames, steps, seed, cfg,
+                     progress, "latent")
+    return family.latents_to_bcfhw(output[None])[0].float().cpu().contiguous()
+
+
+@torch.no_grad()
+def _sample(pipeline: Any, family: Any, weights: TrainedWeights, image: torch.Tensor, first_labels: torch.Tensor,
+            motion_prompt: str, frames: int, steps: int, seed: int, cfg: float, progress: ProgressFn | None,
+            output_type: Literal["pt", "latent"]) -> torch.Tensor:
+    """The one sampling run behind ``sample_trajectory_video`` / ``_latents``: the pipeline's first output
+    (``[F, 3, H, W]`` in 0..1 for ``pt``; the family's latent layout without the batch for ``latent``)."""
     from PIL import Image
 
     from ..stage2.trained import trained_denoiser
@@ -354,6 +381,6 @@ def sample_trajectory_video(pipeline: Any, family: Any, weights: TrainedWeights,
         torch.manual_seed(seed)
         output = pipeline(image=pil, prompt_embeds=prompt, negative_prompt_embeds=negative, height=height,
                           width=width, num_frames=frames, num_inference_steps=steps, guidance_scale=cfg,
-                          generator=torch.Generator("cpu").manual_seed(seed), output_type="pt",
+                          generator=torch.Generator("cpu").manual_seed(seed), output_type=output_type,
                           callback_on_step_end=on_step, **family.pipeline_kwargs(pipeline, 8.0))
-    return rearrange(output.frames[0].float(), "f c h w -> f h w c").cpu().clamp(0.0, 1.0).contiguous()
+    return output.frames[0]

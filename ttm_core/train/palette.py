@@ -14,7 +14,7 @@ the VAE decoder: blurred, tinted, noisy, fading) back into labels with a confide
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -298,3 +298,69 @@ def decode_trajectory(video: torch.Tensor, first_ids: Sequence[int], *, names: S
         logger.info("decode_trajectory: %s", note)
     return DecodedLabels(labels=labels.to(device), confidence=confidence.to(device), absent=absent.to(device),
                          notes=tuple(notes), ids=ids)
+
+
+# --- Reading labels in a VAE's latent space ----------------------------------------------------------------------
+#
+# A VAE with random (or merely unfamiliar) weights cannot carry palette colours back to pixels, but it maps each solid
+# palette colour to its own latent vector. Classifying every latent cell by its nearest colour latent therefore reads
+# a latent video as labels at latent resolution with any VAE: what the overfit tests use to score a Stage-1 sample
+# without decoding it.
+def latent_palette(encode: Callable[[torch.Tensor], torch.Tensor], frames: int, size: tuple[int, int]
+                   ) -> torch.Tensor:
+    """One latent vector per palette colour and latent frame position.
+
+    Encodes one solid video per colour (row 0 background black, row ``l`` = ``TRAIN_PALETTE[l - 1]``) and
+    averages its latents over space. Kept per latent frame position because a causal video VAE (Wan,
+    CogVideoX) encodes latent frame 0 from pixel frame 0 alone and the others from groups of frames, so
+    the same colour has different latents there.
+
+    Args:
+        encode: float ``[F, H, W, 3]`` in 0..1 -> latents ``[1, C, F_lat, h, w]`` (e.g.
+            ``lambda v: family.encode_reference(pipeline, v, device)``: the space the denoiser works in).
+        frames: pixel frames ``F`` of the videos to read (the generated length).
+        size: ``(H, W)`` in pixels.
+    Returns:
+        float32 ``[1 + len(TRAIN_PALETTE), C, F_lat]`` on the encoder's device.
+    """
+    if frames < 1 or min(size) < 1:
+        raise TTMInputError("frames", f"{frames} frames of {size[1]}x{size[0]} px", "give a non-empty video size")
+    rows = []
+    for colour in palette_tensor():
+        video = colour.view(1, 1, 1, 3).expand(frames, size[0], size[1], 3).contiguous()
+        latents = encode(video)
+        if latents.ndim != 5 or latents.shape[0] != 1:
+            raise TTMInputError("encode", f"expected latents [1, C, F, h, w], got {tuple(latents.shape)}",
+                                "return the VAE latents of one video")
+        rows.append(latents[0].float().mean(dim=(-2, -1)))
+    return torch.stack(rows)
+
+
+def classify_latents(latents: torch.Tensor, palette: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    """Latent video -> label video at latent resolution, by the nearest colour latent.
+
+    Every cell (latent frame, row, column) takes the label whose ``latent_palette`` vector at that latent
+    frame position is nearest (Euclidean over channels), among background and ``ids`` only (as
+    ``decode_trajectory`` reads only the first frame's ids).
+
+    Args:
+        latents: float ``[C, F_lat, h, w]`` or ``[1, C, F_lat, h, w]``, in the encoder's space.
+        palette: ``latent_palette``'s ``[1 + len(TRAIN_PALETTE), C, F_lat]``.
+        ids: object ids (1..len(TRAIN_PALETTE)) a cell may take besides background.
+    Returns:
+        uint8 ``[F_lat, h, w]``: 0 = background, else one of ``ids``.
+    """
+    if latents.ndim == 5 and latents.shape[0] == 1:
+        latents = latents[0]
+    if latents.ndim != 4 or palette.ndim != 3 or latents.shape[:2] != palette.shape[1:]:
+        raise TTMInputError("latents", f"latents {tuple(latents.shape)} do not match the palette "
+                            f"{tuple(palette.shape)} ([C, F_lat, h, w] against [K, C, F_lat])",
+                            "build the palette with the same VAE and frame count")
+    labels = sorted({0, *(int(i) for i in ids)})
+    if labels[-1] >= palette.shape[0]:
+        raise TTMInputError("ids", f"object id {labels[-1]} is beyond the {palette.shape[0] - 1}-colour palette",
+                            f"use ids 1..{palette.shape[0] - 1}")
+    rows = palette[labels].to(latents.device, torch.float32)  # [K', C, F]
+    distance = (latents.float()[None] - rows[..., None, None]).square().sum(dim=1)  # [K', F, h, w]
+    lookup = torch.tensor(labels, dtype=torch.uint8, device=latents.device)
+    return lookup[distance.argmin(dim=0)]
