@@ -25,7 +25,7 @@ input changes):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from ..ttm_core.stage2.trained import (
     TRAINED_VARIANTS,
     BaseShape,
     SplitPatchEmbedding,
+    Stage,
     TrainedWeights,
     check_base,
     condition_video,
@@ -110,7 +111,8 @@ def native_base_shape(model: Any) -> BaseShape:
                      int(diffusion.text_embedding[0].in_features))
 
 
-def check_native(weights: TrainedWeights, model: Any, info: WanInfo, input_name: str = "trained") -> None:
+def check_native(weights: TrainedWeights, model: Any, info: WanInfo, input_name: str = "trained",
+                 stage: Stage = 2) -> None:
     """Refuse a checkpoint of another stage, variant or base shape for this native Wan (naming both)."""
     if not isinstance(weights, TrainedWeights):
         raise TTMInputError(input_name, f"got a {type(weights).__name__}, not a trained checkpoint",
@@ -119,7 +121,7 @@ def check_native(weights: TrainedWeights, model: Any, info: WanInfo, input_name:
     if variant not in TRAINED_VARIANTS:
         raise TTMInputError(input_name, f"trained checkpoints run on {', '.join(TRAINED_VARIANTS)}, the model is "
                             f"{variant} (one of two experts)", "load the base model the checkpoint was trained on")
-    check_base(weights, native_base_shape(model), 2, variant, input_name)
+    check_base(weights, native_base_shape(model), stage, variant, input_name)
 
 
 def wan_layers(weights: TrainedWeights, diffusion: Any, input_name: str = "trained") -> MaskedLayers:
@@ -167,33 +169,31 @@ def build_condition(model: Any, vae: Any, trajectory: Trajectory, latent: torch.
     return condition
 
 
-class TrainedWan:
-    """One trained checkpoint prepared for one native Wan MODEL and one generation's condition.
+class TrainedInputs:
+    """A trained checkpoint's input side on one native Wan MODEL, for one generation's condition.
+
+    What both stages change at the model's input: the widened patch embedding (an object patch),
+    any other trained tensor (weight patches), and the condition latents appended to ``x``.
 
     Args:
         weights: the checkpoint (``trained.load_trained``).
-        model: the user's Wan MODEL (ModelPatcher), checked with ``check_native``.
+        model: the user's Wan MODEL (ModelPatcher), checked with ``check_native`` for ``stage``.
         info: ``wan.check_wan(model)``.
-        condition: float ``[1, C, T, h, w]`` in the model's latent space (``build_condition``).
-        trajectory: the trajectory (its objects' order is the local prompts' order).
-        local_states: float32 ``[M, D]`` concatenated local prompts; ``key_owner`` int64 ``[M]``
-            (1-based object of each key), as ``wan.encode_local_prompts`` gives them.
-        masking: the masked attention (``trained.trained_masking``: the checkpoint's K, new layers).
+        condition: float ``[1, C, T, h, w]`` in the model's latent space (Stage 2: ``build_condition``;
+            Stage 1: the VAE latents of ``motion.trained.stage1_condition``).
+        stage: the checkpoint's stage.
     """
 
-    def __init__(self, weights: TrainedWeights, model: Any, info: WanInfo, condition: torch.Tensor,
-                 trajectory: Trajectory, local_states: torch.Tensor, key_owner: torch.Tensor,
-                 masking: MaskedAttention, input_name: str = "trained") -> None:
-        check_native(weights, model, info, input_name)
+    def __init__(self, weights: TrainedWeights, model: Any, info: WanInfo, condition: torch.Tensor, stage: Stage,
+                 input_name: str = "trained") -> None:
+        check_native(weights, model, info, input_name, stage)
         config = weights.config
         if condition.ndim != 5 or condition.shape[:2] != (1, config.condition_channels):
-            raise TTMInputError("vae", f"the label latents are {tuple(condition.shape)}; the checkpoint expects "
+            raise TTMInputError("vae", f"the condition latents are {tuple(condition.shape)}; the checkpoint expects "
                                 f"{config.condition_channels} channels", "use the VAE of the checkpoint's base model")
         self.weights = weights
         self.condition = condition
-        self.trajectory = trajectory
         self.geometry = info.geometry
-        self.masking = masking
         self.stock_channels = config.base.in_channels
         plain = _stock_embedding(model)
         wide = widen_patch_embedding(plain, config.condition_channels)
@@ -215,19 +215,10 @@ class TrainedWan:
             raise TTMInputError(input_name, f"{Path(weights.source).name} holds tensors this Wan does not have: "
                                 f"{', '.join(unknown[:3])}", "use a checkpoint trained on this base model")
         self.weight_patches = {f"diffusion_model.{names[name]}": ("set", (tensors[name],)) for name in others}
-        self.layers = wan_layers(weights, diffusion, input_name)
-        prompts = []
-        for index in range(1, trajectory.objects.count + 1):
-            rows = (key_owner == index).nonzero().flatten()
-            if rows.numel():
-                prompts.append(local_states.index_select(0, rows))
-        self.local_prompts = tuple(prompts) if len(prompts) == trajectory.objects.count else ()
-        self._states: dict[tuple[int, int, int], MaskedAttentionState | None] = {}
-        self._local: dict[tuple[str, torch.dtype], torch.Tensor] = {}
-        LOG.info("Through-The-Mask: trained %s (step %d, K = %d, +%d input channels)", Path(weights.source).name,
-                 config.step, config.num_blocks, config.condition_channels)
+        LOG.info("Through-The-Mask: trained Stage %d %s (step %d, K = %d, +%d input channels)", stage,
+                 Path(weights.source).name, config.step, config.num_blocks, config.condition_channels)
 
-    def __deepcopy__(self, memo: dict) -> TrainedWan:
+    def __deepcopy__(self, memo: dict) -> TrainedInputs:
         return self
 
     # ---------------------------------------------------------------- what the clone gets
@@ -238,14 +229,51 @@ class TrainedWan:
             patched.add_patches(self.weight_patches, 1.0, 1.0)
 
     def widen(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``[B, C_stock, T, h, w]`` with the label latents appended (inputs of another width pass unchanged)."""
+        """``x`` ``[B, C_stock, T, h, w]`` with the condition latents appended (inputs of another width pass
+        unchanged)."""
         if x.shape[1] != self.stock_channels:
             return x
         cond = self.condition.to(device=x.device, dtype=x.dtype)
         if cond.shape[2:] != x.shape[2:]:
-            raise TTMInputError("trained", f"the label latents {tuple(cond.shape)} do not match the model input "
+            raise TTMInputError("trained", f"the condition latents {tuple(cond.shape)} do not match the model input "
                                 f"{tuple(x.shape)}", "sample at the size and length the node was given")
         return torch.cat([x, cond.expand(x.shape[0], -1, -1, -1, -1)], dim=1)
+
+    def diffusion_model_wrapper(self, executor: Callable, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """ComfyUI DIFFUSION_MODEL wrapper of a model with only the input side (Stage 1): ``x`` widened."""
+        return executor(self.widen(x), *args, **kwargs)
+
+
+class TrainedWan(TrainedInputs):
+    """A Stage 2 checkpoint prepared for one native Wan MODEL and one generation's condition: the input
+    side (``TrainedInputs``) and the new masked layers of the first K blocks.
+
+    Args:
+        weights, model, info, condition: as ``TrainedInputs`` (``condition`` from ``build_condition``).
+        trajectory: the trajectory (its objects' order is the local prompts' order).
+        local_states: float32 ``[M, D]`` concatenated local prompts; ``key_owner`` int64 ``[M]``
+            (1-based object of each key), as ``wan.encode_local_prompts`` gives them.
+        masking: the masked attention (``trained.trained_masking``: the checkpoint's K, new layers).
+    """
+
+    def __init__(self, weights: TrainedWeights, model: Any, info: WanInfo, condition: torch.Tensor,
+                 trajectory: Trajectory, local_states: torch.Tensor, key_owner: torch.Tensor,
+                 masking: MaskedAttention, input_name: str = "trained") -> None:
+        super().__init__(weights, model, info, condition, 2, input_name)
+        self.trajectory = trajectory
+        self.masking = masking
+        self.layers = wan_layers(weights, model.model.diffusion_model, input_name)
+        prompts = []
+        for index in range(1, trajectory.objects.count + 1):
+            rows = (key_owner == index).nonzero().flatten()
+            if rows.numel():
+                prompts.append(local_states.index_select(0, rows))
+        self.local_prompts = tuple(prompts) if len(prompts) == trajectory.objects.count else ()
+        self._states: dict[tuple[int, int, int], MaskedAttentionState | None] = {}
+        self._local: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def __deepcopy__(self, memo: dict) -> TrainedWan:
+        return self
 
     def state_for(self, frames: int, height: int, width: int) -> MaskedAttentionState | None:
         """The masked-attention state of a ``[*, *, frames, height, width]`` latent (None: no object in view)."""

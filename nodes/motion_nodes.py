@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import comfy.samplers
 import torch
 from comfy_api.latest import io, ui
 
+from ..native.stage1 import NativeStage1, generate_native
 from ..ttm_core.errors import TTMInputError
 from ..ttm_core.motion.fit_paths import paths_json_from_trajectory
 from ..ttm_core.motion.paths import attach_splines, format_paths, normalized_paths, parse_paths
@@ -54,25 +56,36 @@ def _plan(llm: Managed | HttpLLM | None, objects: ObjectsValue, num_frames: int,
                         progress=progress_callback(node_id))
 
 
-def _trained(node_id: str | None, image: torch.Tensor, objects: ObjectsValue, order: tuple[int, ...],
-             video_model: LoadedVideoModel | None, trained, settings: Stage1Sampling) -> io.NodeOutput:
-    """The trained backend: a Stage-1 checkpoint on its diffusers base model generates the trajectory."""
+def _trained(node_id: str | None, image: torch.Tensor, objects: ObjectsValue, order: tuple[int, ...], trained,
+             settings: Stage1Sampling, video_model: LoadedVideoModel | None, native: dict) -> io.NodeOutput:
+    """The trained backend: a Stage-1 checkpoint generates the trajectory on its base model, given as a diffusers
+    folder (``video_model``) or as the user's native Wan (``native``: model, clip, vae, clip_vision, sampler_name,
+    scheduler)."""
     if trained is None:
         raise TTMInputError("trained", "the trained backend needs a Stage 1 checkpoint",
                             "connect Trained Checkpoint Loader (Through-The-Mask) to trained")
-    if video_model is None:
-        raise TTMInputError("video_model", "the trained backend needs the checkpoint's base model in diffusers "
-                            "format (ComfyUI's native Wan MODEL/CLIP/VAE is not supported for Stage 1 yet)",
-                            "connect Video Model Loader (Through-The-Mask) with the base model's diffusers folder")
-    if not isinstance(video_model, LoadedVideoModel):
-        raise TTMInputError("video_model", f"got a {type(video_model).__name__}, not a loaded video model",
-                            "connect Video Model Loader (Through-The-Mask)")
-    trajectory, reading = generate_trajectory(video_model.model, trained, image[0], objects,
-                                              objects.prompts.motion_prompt, settings,
-                                              progress_callback(node_id), depth_order=order,
-                                              prepare=video_model.prepare)
-    text = "\n".join([f"{video_model.model.variant.label}: {trajectory.num_frames} frames generated",
-                      *reading.notes])
+    on_native = any(native[name] is not None for name in ("model", "clip", "vae"))
+    if video_model is not None and on_native:
+        raise TTMInputError("video_model", "both a diffusers model (video_model) and a native Wan (model / clip / vae) "
+                            "are connected", "connect the checkpoint's base model one way only")
+    if video_model is None and not on_native:
+        raise TTMInputError("video_model", "the trained backend needs the checkpoint's base model",
+                            "connect Video Model Loader (Through-The-Mask) with its diffusers folder to video_model, "
+                            "or the native Wan MODEL, CLIP and VAE to model, clip and vae")
+    motion_prompt = objects.prompts.motion_prompt
+    if on_native:
+        run = NativeStage1(**native)
+        trajectory, reading = generate_native(run, trained, image[0], objects, motion_prompt, settings, order)
+        label = "native Wan"
+    else:
+        if not isinstance(video_model, LoadedVideoModel):
+            raise TTMInputError("video_model", f"got a {type(video_model).__name__}, not a loaded video model",
+                                "connect Video Model Loader (Through-The-Mask)")
+        trajectory, reading = generate_trajectory(video_model.model, trained, image[0], objects, motion_prompt,
+                                                  settings, progress_callback(node_id), depth_order=order,
+                                                  prepare=video_model.prepare)
+        label = video_model.model.variant.label
+    text = "\n".join([f"{label}: {trajectory.num_frames} frames generated", *reading.notes])
     show_text(node_id, text)
     return io.NodeOutput(trajectory, trajectory.color_video(), trajectory.foreground(),
                          paths_json_from_trajectory(trajectory), ui=ui.PreviewText(text))
@@ -97,8 +110,9 @@ class ImageToMotion(io.ComfyNode):
                                tooltip="paths: objects follow the keyframes/splines you give. plan: the connected "
                                        "LLM plans each object's keyframes from the objects' motion prompt, local "
                                        "prompts and first-frame boxes (the paths input is then ignored). trained: "
-                                       "a trained Stage 1 checkpoint (trained) on its base model (video_model) "
-                                       "generates the masks from the image, the objects and their motion prompt."),
+                                       "a trained Stage 1 checkpoint (trained) on its base model (video_model: a "
+                                       "diffusers folder, or model / clip / vae: a native Wan) generates the masks "
+                                       "from the image, the objects and their motion prompt."),
                 io.String.Input("paths", multiline=True, default=EXAMPLE_PATHS,
                                 tooltip="Paths JSON (version 1): per object (name or 1-based id) either "
                                         "'keyframes' [{frame|t, x, y, scale, rotation, easing}] or a 'spline' "
@@ -141,12 +155,28 @@ class ImageToMotion(io.ComfyNode):
                                             "(Through-The-Mask)."),
                 VideoModelSocket.Input("video_model", optional=True, lazy=True,
                                        tooltip="trained backend: the checkpoint's base model from Video Model Loader "
-                                               "(Through-The-Mask), e.g. Wan 2.2 TI2V-5B in diffusers format."),
+                                               "(Through-The-Mask), e.g. Wan 2.2 TI2V-5B in diffusers format (or "
+                                               "connect a native Wan to model / clip / vae instead)."),
                 io.Int.Input("steps", default=0, min=0, max=1000, optional=True,
                              tooltip="trained backend: sampling steps; 0 = the base model's recommended count."),
                 io.Float.Input("cfg", default=0.0, min=0.0, max=100.0, step=0.1, optional=True,
                                tooltip="trained backend: guidance scale on the motion prompt; 0 = the base model's "
                                        "recommended scale, 1 = off."),
+                io.Model.Input("model", optional=True, lazy=True,
+                               tooltip="trained backend on a native Wan (instead of video_model): the checkpoint's "
+                                       "base model, Wan 2.1 I2V or Wan 2.2 TI2V-5B (Load Diffusion Model)."),
+                io.Clip.Input("clip", optional=True, lazy=True,
+                              tooltip="trained backend on a native Wan: its text encoder (umT5, Load CLIP type wan)."),
+                io.Vae.Input("vae", optional=True, lazy=True,
+                             tooltip="trained backend on a native Wan: its VAE (2.1 VAE for Wan 2.1, 2.2 VAE for "
+                                     "TI2V-5B)."),
+                io.ClipVision.Input("clip_vision", optional=True, lazy=True,
+                                    tooltip="trained backend on a native Wan 2.1 I2V: CLIP vision (clip_vision_h); "
+                                            "optional."),
+                io.Combo.Input("sampler_name", options=list(comfy.samplers.SAMPLER_NAMES), default="euler",
+                               optional=True, tooltip="trained backend on a native Wan: ComfyUI's sampler."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="simple",
+                               optional=True, tooltip="trained backend on a native Wan: ComfyUI's scheduler."),
             ],
             outputs=[
                 Trajectory.Output("trajectory", tooltip="The mask trajectory (TTM_TRAJECTORY)."),
@@ -179,14 +209,16 @@ class ImageToMotion(io.ComfyNode):
         absent from ``inputs``)."""
         if backend != "trained":
             return []
-        return [name for name in ("trained", "video_model") if name in inputs and inputs[name] is None]
+        return [name for name in ("trained", "video_model", "model", "clip", "vae", "clip_vision")
+                if name in inputs and inputs[name] is None]
 
     @classmethod
     def execute(cls, image: torch.Tensor, objects, backend: str, paths: str, num_frames: int, fps: float,
                 depth_order: str, spline_objects: str, spline_width: int, spline_height: int,
                 spline_coords: str | None = None, llm=None, seed: int = 0, temperature: float = 0.0,
                 max_new_tokens: int = 1024, attempts: int = 3, trained=None, video_model=None, steps: int = 0,
-                cfg: float = 0.0) -> io.NodeOutput:
+                cfg: float = 0.0, model=None, clip=None, vae=None, clip_vision=None, sampler_name: str = "euler",
+                scheduler: str = "simple") -> io.NodeOutput:
         height, width = int(image.shape[1]), int(image.shape[2])
         if (height, width) != objects.size:
             raise TTMInputError("image", f"the image is {width}x{height} but the objects' masks are "
@@ -194,7 +226,9 @@ class ImageToMotion(io.ComfyNode):
         order = _depth_order(depth_order, objects)
         if backend == "trained":
             settings = Stage1Sampling(frames=num_frames, steps=steps, seed=seed, cfg=cfg, fps=fps)
-            return _trained(cls.hidden.unique_id, image, objects, order, video_model, trained, settings)
+            native = dict(model=model, clip=clip, vae=vae, clip_vision=clip_vision, sampler_name=sampler_name,
+                          scheduler=scheduler)
+            return _trained(cls.hidden.unique_id, image, objects, order, trained, settings, video_model, native)
         spec: str | dict = paths
         planned = None
         if backend == "plan":

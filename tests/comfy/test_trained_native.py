@@ -57,3 +57,14 @@ def test_comfyui_still_sees_the_stock_input_channels(measured: dict) -> None:
 def test_the_native_model_is_unpatched_after_the_trained_run(measured: dict) -> None:
     assert measured["native_after_vs_stock"] == 0.0
     assert measured["patch_embedding_restored"] == "Conv3d"
+
+
+def test_a_stage1_checkpoint_gives_the_same_numbers_in_both_backends(measured: dict) -> None:
+    """Stage 1 (no masked layers: the widened embedding and x(0)'s latents only), as Image To Motion's trained
+    backend runs it on a native Wan (native.trained.TrainedInputs) and on diffusers (trained_denoiser)."""
+    assert measured["stage1_native_vs_stock"] > 0.5  # the x(0) channels reach the output ...
+    assert measured["stage1_diffusers_vs_native"] < 1e-4  # ... the same way in both backends
+    assert measured["stage1_zero_native_vs_stock"] == 0.0 and measured["stage1_zero_diffusers_vs_native"] < 1e-4
+    # A checkpoint written for the native file (ComfyUI's key names read) is the same checkpoint.
+    assert measured["stage1_from_native_file_diffusers_vs_native"] < 1e-4
+    assert measured["stage1_from_native_file_native_vs_stock"] == measured["stage1_native_vs_stock"]

@@ -349,3 +349,39 @@ def test_overfit_stage1_sampled_trajectory_beats_the_untrained_model(tmp_path: P
              "%.3f trained %.3f", mse["untrained"], mse["trained"], iou["untrained"], iou["trained"])
     assert mse["trained"] <= 0.1 * mse["untrained"], mse
     assert iou["trained"] >= iou["untrained"] + 0.2, iou
+
+
+# ------------------------------------------------------------------------------- CogVideoX
+def test_stage1_on_cogvideox_trains_and_its_checkpoint_samples_a_trajectory(tmp_path: Path) -> None:
+    """The same Task on the other family: v-prediction on CogVideoX 1.0 I2V (its latent channels appended:
+    x(0)'s latents), step 0 is the stock model, one step trains, and the saved checkpoint generates a trajectory
+    through the trained backend's library call."""
+    from ttm_core.motion.trained import Stage1Sampling, generate_trajectory
+    from ttm_core.stage2.diffusers.loader import load_video_model
+    from ttm_core.types import ObjectPrompt, Objects, Prompts
+
+    folder = save_tiny("cogvideox-1.0-i2v", tmp_path / "cogvideox-1.0-i2v")
+    trainer = Trainer(make_config(folder, tmp_path / "out"), CLIPS, task=Stage1Task())
+    assert trainer.objective.kind == "v_prediction" and trainer.num_blocks == 0 and trainer.condition_channels == 4
+    clip = trainer.encode(CLIPS[1])
+    kwargs, _, _, plan = trainer._inputs(clip, torch.Generator().manual_seed(0), u=0.5, dropout=False)
+    module = trainer.accelerator.unwrap_model(trainer.module)
+    stock_channels = kwargs["hidden_states"].shape[2] - 4  # CogVideoX: [B, F, C, H, W]
+    with torch.no_grad():
+        ours = module(**kwargs)
+        with trainer.stock_model() as stock:
+            reference = stock(**{**kwargs, "hidden_states": kwargs["hidden_states"][:, :, :stock_channels]})[0]
+    assert plan is None and torch.equal(ours, reference)
+    result = trainer.train(max_steps=1)
+    weights = load_trained(tmp_path / "out" / "ttm_stage1_cogvideox-1.0-i2v.safetensors")
+    assert result.step == 1 and (weights.config.stage, weights.config.variant) == (1, "cogvideox-1.0-i2v")
+
+    sample = CLIPS[1]
+    masks = torch.stack([(sample.labels[0] == i).float() for i in (1, 2)])
+    objects = Objects(Prompts("balls", sample.motion_prompt, tuple(ObjectPrompt(n, n) for n in sample.names)), masks)
+    settings = Stage1Sampling(frames=FRAMES, steps=2, seed=1, cfg=1.0, fps=8.0)
+    trajectory, reading = generate_trajectory(load_video_model(folder), weights, sample.frames[0], objects,
+                                              sample.motion_prompt, settings)
+    assert trajectory.labels.shape == (FRAMES, SIZE, SIZE) and reading.confidence.shape == (FRAMES, 2)
+    assert set(torch.unique(trajectory.labels).tolist()) <= {0, 1, 2}
+    assert torch.equal(trajectory.labels[0], sample.labels[0])  # frame 0 is s(0)

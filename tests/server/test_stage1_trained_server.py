@@ -56,7 +56,9 @@ def test_the_shipped_workflow_generates_the_trajectory_and_the_video(comfy_serve
     info = client.object_info()["TTM_ImageToMotion"]["input"]
     assert "trained" in info["required"]["backend"][1]["options"]
     optional = list(info["optional"])
-    assert optional[-4:] == ["trained", "video_model", "steps", "cfg"]  # appended: saved widget orders hold
+    # Appended in this order (saved widget orders hold): the diffusers base, then the native Wan's sockets.
+    assert optional[-10:] == ["trained", "video_model", "steps", "cfg", "model", "clip", "vae", "clip_vision",
+                              "sampler_name", "scheduler"]
     assert info["optional"]["trained"][0] == "TTM_TRAINED"
     assert info["optional"]["video_model"][0] == "TTM_VIDEO_MODEL"
 

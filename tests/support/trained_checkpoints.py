@@ -110,9 +110,8 @@ def stage1_checkpoint(transformer, variant: str, path: str | Path, zero: bool = 
     return save_trained(Path(path), config, tensors)
 
 
-def native_checkpoint(file: str | Path, variant: str, path: str | Path, heads: int, num_blocks: int = 1,
-                      zero: bool = False, seed: int = 0) -> Path:
-    """A Stage 2 checkpoint for a native Wan file (ComfyUI key names), shapes read from its header."""
+def _native_stock(file: str | Path) -> tuple[torch.nn.Conv3d, BaseShape, int]:
+    """A native Wan file's stock patch embedding, its ``BaseShape`` and latent channels, read from its header."""
     with safe_open(str(file), framework="pt") as handle:
         keys = list(handle.keys())
         prefix = "model.diffusion_model." if any(k.startswith("model.diffusion_model.") for k in keys) else ""
@@ -122,23 +121,48 @@ def native_checkpoint(file: str | Path, variant: str, path: str | Path, heads: i
         head = handle.get_slice(prefix + "head.head.weight").get_shape()
     blocks = len({k[len(prefix):].split(".")[1] for k in keys if k[len(prefix):].startswith("blocks.")})
     dim, stock_channels = int(weight.shape[0]), int(weight.shape[1])
-    out_channels = int(head[0]) // 4  # patch 1x2x2
+    stock = torch.nn.Conv3d(stock_channels, dim, (1, 2, 2), stride=(1, 2, 2))
+    with torch.no_grad():
+        stock.weight.copy_(weight)
+        stock.bias.copy_(bias)
+    return stock, BaseShape("wan", stock_channels, dim, blocks, (1, 2, 2), int(text[1])), int(head[0]) // 4
+
+
+def native_checkpoint(file: str | Path, variant: str, path: str | Path, heads: int, num_blocks: int = 1,
+                      zero: bool = False, seed: int = 0) -> Path:
+    """A Stage 2 checkpoint for a native Wan file (ComfyUI key names), shapes read from its header."""
     with torch.random.fork_rng(devices=[]):  # the layers' own initialisation (biases) from the seed too
         torch.manual_seed(seed)
-        stock = torch.nn.Conv3d(stock_channels, dim, (1, 2, 2), stride=(1, 2, 2))
-        with torch.no_grad():
-            stock.weight.copy_(weight)
-            stock.bias.copy_(bias)
+        stock, base, out_channels = _native_stock(file)
         wide = widen_patch_embedding(stock, out_channels)
+        dim = base.inner_dim
         layers = MaskedLayers("wan", [MaskedBlockLayers(MaskedSelfAttentionLayer(dim, heads),
                                                         MaskedCrossAttentionLayer(dim, dim, heads))
                                       for _ in range(num_blocks)])
     if not zero:
-        _randomise(wide, layers, stock_channels, seed)
-    base = BaseShape("wan", stock_channels, dim, blocks, (1, 2, 2), int(text[1]))
+        _randomise(wide, layers, base.in_channels, seed)
     config = TrainedConfig(stage=2, variant=variant, base=base, num_blocks=num_blocks,
                            condition_channels=out_channels, palette=PALETTE_NAME, step=0 if zero else 100)
     return _save(Path(path), config, wide, layers)
+
+
+def native_stage1_checkpoint(file: str | Path, variant: str, path: str | Path, zero: bool = False,
+                             seed: int = 0) -> Path:
+    """A Stage 1 checkpoint for a native Wan file, as ``ttm-train stage1`` writes one for that base (K = 0, the
+    patch embedding widened by the latent channels; ``zero=False``: seeded random appended channels)."""
+    stock, base, out_channels = _native_stock(file)
+    wide = widen_patch_embedding(stock, out_channels)
+    if not zero:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            extra = wide.weight[:, base.in_channels:]
+            extra.copy_(torch.randn(extra.shape, generator=gen) * 0.5)
+    config = TrainedConfig(stage=1, variant=variant, base=base, num_blocks=0, condition_channels=out_channels,
+                           palette=PALETTE_NAME, groups=("patch", "full"), step=0 if zero else 100)
+    tensors = {"model.patch_embedding.weight": wide.weight.detach().float()}
+    if wide.bias is not None:
+        tensors["model.patch_embedding.bias"] = wide.bias.detach().float()
+    return save_trained(Path(path), config, tensors)
 
 
 def install_trained_models(models: str | Path) -> Path:

@@ -34,6 +34,7 @@ def main() -> None:
     from comfy.cli_args import args
 
     args.cpu = True
+    import comfy.patcher_extension
     import comfy.sd
     import comfy.utils
     import torch
@@ -48,7 +49,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(a.pack) / "tests" / "support"))
     sys.path.insert(0, a.pack)
     from ttm_pack.native.patch import WanPatch
-    from ttm_pack.native.trained import TrainedWan
+    from ttm_pack.native.trained import TrainedInputs, TrainedWan
     from ttm_pack.native.wan import check_wan
     from ttm_pack.ttm_core.stage2.attention.grids import token_grid
     from ttm_pack.ttm_core.stage2.attention.install import masked_attention
@@ -58,7 +59,7 @@ def main() -> None:
     from ttm_pack.ttm_core.stage2.trained import load_trained, trained_denoiser, trained_masking
     from ttm_pack.ttm_core.types import ObjectPrompt, Objects, Prompts, Trajectory
 
-    from trained_checkpoints import diffusers_checkpoint
+    from trained_checkpoints import diffusers_checkpoint, native_stage1_checkpoint, stage1_checkpoint
 
     torch.manual_seed(0)
     model = comfy.sd.load_diffusion_model(a.model)
@@ -148,6 +149,31 @@ def main() -> None:
     result["embedding_channels_seen_by_comfyui"] = sorted(set(seen_channels))
     result["stock_channels"] = int(diffusion.in_dim)
     result["output_scale"] = float(stock_n.abs().max())
+    # Stage 1: the same checkpoint file format with only the input side (widened embedding, x(0)'s latents appended).
+    def stage1_native(weights) -> torch.Tensor:
+        prepared = TrainedInputs(weights, model, info, condition, 1)
+        patched = model.clone()
+        prepared.install(patched)
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "s1",
+                                     prepared.diffusion_model_wrapper)
+        patched.patch_model()
+        try:
+            options = dict(patched.model_options.get("transformer_options", {}), wrappers=patched.wrappers)
+            with torch.no_grad():
+                return patched.model.diffusion_model(x, timestep, context, transformer_options=options).clone()
+        finally:
+            patched.unpatch_model()
+
+    stage1 = {"stage1": stage1_checkpoint(reference, variant, work / "s1.safetensors", seed=8),
+              "stage1_zero": stage1_checkpoint(reference, variant, work / "s1_zero.safetensors", zero=True),
+              "stage1_from_native_file": native_stage1_checkpoint(a.model, variant, work / "s1n.safetensors", seed=8)}
+    for name, path in stage1.items():
+        weights = load_trained(path)
+        with torch.no_grad(), trained_denoiser(reference, weights, condition):
+            out_d = reference(hidden_states=x, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
+        out_n = stage1_native(weights)
+        result[f"{name}_diffusers_vs_native"] = diff(out_d, out_n)
+        result[f"{name}_native_vs_stock"] = diff(out_n, stock_n)
     after = native_forward()
     result["native_after_vs_stock"] = diff(after, stock_n)
     result["patch_embedding_restored"] = type(model.model.diffusion_model.patch_embedding).__name__
