@@ -48,7 +48,7 @@ class TinyI3D(nn.Module):
                 return_features: bool = False) -> torch.Tensor:
         if rescale:
             x = x / 127.5 - 1.0
-        if resize:
+        if resize and (x.shape[-2] != 224 or x.shape[-1] != 224):
             x = F.interpolate(x, size=(x.shape[2], 224, 224), mode="trilinear", align_corners=False)
         features = self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3, 4)))
         if return_features:

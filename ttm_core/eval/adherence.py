@@ -35,7 +35,7 @@ class Adherence:
     """Per object (L, in ``ids`` order) and frame (T) comparison of a video's objects with its trajectory.
 
     Attributes:
-        ids: object ids; names: their names.
+        ids: object ids; names: their names; colors: their RGB colours (0..255).
         iou: float64 ``[T, L]``, mask IoU (NaN where neither has the object).
         centroid_error: float64 ``[T, L]``, pixels (NaN where either lacks the object).
         diagonal: the frame diagonal in pixels (centroid errors are also given as a share of it).
@@ -44,6 +44,7 @@ class Adherence:
 
     ids: tuple[int, ...]
     names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
     iou: np.ndarray
     centroid_error: np.ndarray
     diagonal: float
@@ -57,6 +58,30 @@ class Adherence:
             rows.append({"id": object_id, "name": name, **_summary(self.iou[:, i], self.centroid_error[:, i],
                                                                    self.diagonal)})
         return rows
+
+    def object_rows(self) -> list[dict[str, Any]]:
+        """``per_object`` plus each object's colour and its IoU and centroid error per frame (JSON-ready lists;
+        NaN where not measured)."""
+        rows = self.per_object()
+        for i, row in enumerate(rows):
+            row["color"] = list(self.colors[i])
+            row["iou"] = self.iou[:, i].tolist()
+            row["centroid_error_px"] = self.centroid_error[:, i].tolist()
+        return rows
+
+    def report(self) -> str:
+        """A few lines for people: per object its mean and worst IoU and centroid error, then the clip's."""
+        lines = []
+        for row in self.per_object():
+            lines.append(f"object {row['id']} ({row['name']}): mean IoU {row['mean_iou']:.3f} (worst "
+                         f"{row['min_iou']:.3f}, IoU >= 0.5 in {row['iou_at_0.5']:.0%} of {row['frames']} frames), "
+                         f"centroid error mean {row['mean_centroid_error_px']:.1f} px, max "
+                         f"{row['max_centroid_error_px']:.1f} px")
+        clip = self.per_clip()
+        lines.append(f"clip: mean IoU {clip['mean_iou']:.3f}, mean centroid error "
+                     f"{clip['mean_centroid_error_px']:.1f} px ({clip['mean_centroid_error_share']:.1%} of the "
+                     "frame diagonal)")
+        return "\n".join(lines)
 
     def per_clip(self) -> dict[str, Any]:
         """The clip's summary over all objects and frames (the same fields as ``per_object``)."""
@@ -127,7 +152,8 @@ def compare_labels(tracked: torch.Tensor, trajectory: Trajectory) -> Adherence:
             if has_ours[i] and has_want[i]:
                 error[t, i] = float(torch.linalg.vector_norm(c_ours[i] - c_want[i]))
     height, width = trajectory.size
-    return Adherence(ids, trajectory.objects.prompts.names, iou, error, math.hypot(height, width), tracked)
+    return Adherence(ids, trajectory.objects.prompts.names, trajectory.objects.colors, iou, error,
+                     math.hypot(height, width), tracked)
 
 
 def check_video(video: Any, trajectory: Trajectory, name: str = "video") -> None:
@@ -146,7 +172,7 @@ def check_video(video: Any, trajectory: Trajectory, name: str = "video") -> None
                             "frame count), or fit the trajectory to the video's length first")
 
 
-def trajectory_adherence(video: torch.Tensor, trajectory: Trajectory, tracker: Any = None, *,
+def trajectory_adherence(video: torch.Tensor, trajectory: Trajectory, tracker: Any = None, *, fit: bool = False,
                          device: torch.device | str = "cpu", progress: ProgressFn | None = None) -> Adherence:
     """Re-track ``video``'s objects from the trajectory's first-frame masks and compare with the trajectory.
 
@@ -155,6 +181,9 @@ def trajectory_adherence(video: torch.Tensor, trajectory: Trajectory, tracker: A
         trajectory: the intended motion; its ``objects.masks`` start the tracks.
         tracker: ``FlowTrackSettings`` (default ``FlowTrackSettings()``), a ``Sam2Model`` that can track or a
             ``Sam3Tracker``.
+        fit: a trajectory of another size or length than the video is first fitted to it
+            (``ttm_core.motion.fit.fit_trajectory``: centre crop to the video's aspect, resize, resample in
+            time), as Stage 2 fits it before rendering; without ``fit`` that is an error.
         device: where a SAM tracker runs (the flow tracker is OpenCV on the CPU).
         progress: called with (frames done, T) per tracked frame; raising cancels.
     Returns:
@@ -166,6 +195,11 @@ def trajectory_adherence(video: torch.Tensor, trajectory: Trajectory, tracker: A
     if not isinstance(trajectory, Trajectory):
         raise TTMInputError("trajectory", f"expected a trajectory, got {type(trajectory).__name__}",
                             "connect a TTM_TRAJECTORY (Image To Motion, Load Trajectory)")
+    if fit and isinstance(video, torch.Tensor) and video.ndim == 4 and \
+            (trajectory.num_frames, *trajectory.size) != tuple(video.shape[:3]):
+        from ..motion.fit import fit_trajectory
+
+        trajectory = fit_trajectory(trajectory, int(video.shape[1]), int(video.shape[2]), int(video.shape[0]))
     check_video(video, trajectory)
     tracker = FlowTrackSettings() if tracker is None else tracker
     check_tracker(tracker)
