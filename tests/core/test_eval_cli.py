@@ -48,8 +48,10 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_generate_set_writes_batch_jobs_and_is_deterministic(bench: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    jobs = [json.loads(line) for line in (bench / "set" / "jobs.jsonl").read_text().splitlines()]
+    jobs = [json.loads(line) for line in (bench / "set" / "clips.jsonl").read_text().splitlines()]
     assert [j["id"] for j in jobs] == ["clip-000-000", "clip-000-001", "clip-000-002"]
+    batch = [json.loads(line) for line in (bench / "set" / "jobs.jsonl").read_text().splitlines()]
+    assert batch == [{"id": j["id"], "image": j["image"], "trajectory": j["trajectory"]} for j in jobs]
     for job in jobs:
         trajectory = read_trajectory(bench / "set" / job["trajectory"])
         assert trajectory.num_frames == 9 and trajectory.size == (96, 128)

@@ -4,11 +4,13 @@ For CI and quick checks of a setup (and of the metrics themselves), not for comp
 Each clip: a smooth random background texture and 1-3 textured objects (ellipses and boxes, each with its
 own colour), every object sliding along an eased straight path (``ease-in-out``, the motion the pack's
 paths use) to a random place that keeps it in frame, painted back to front. Written in ttm-batch's jobs
-layout, so ``ttm-batch --jobs OUT/jobs.jsonl`` renders it with any workflow that has a Load Image,
-Load Image (as Mask) nodes or a Load Trajectory, and Prompt Decompose::
+layout, so ``ttm-batch --jobs OUT/jobs.jsonl`` renders it with any workflow that has one Load Image and one
+Load Trajectory (the trajectory file carries the objects' masks and prompts), e.g.
+``workflows/ttm_saved_trajectory_warp_api.json``::
 
-    OUT/jobs.jsonl              one ttm-batch job per clip: id, image, masks, prompt, motion, objects,
-                                trajectory, seed
+    OUT/jobs.jsonl              one ttm-batch job per clip: id, image, trajectory
+    OUT/clips.jsonl             each clip in full: id, image, masks, prompt, motion, objects, trajectory, seed
+                                (the other ttm-batch fields, for workflows that start from masks and prompts)
     OUT/images/<id>.png         the first frame
     OUT/masks/<id>_<k>.png      object k's first-frame mask (white on black; Load Image (as Mask), red channel)
     OUT/trajectories/<id>.npz   the mask trajectory (Save Trajectory's file format)
@@ -173,11 +175,11 @@ def _png(path: Path, array: np.ndarray) -> None:
 
 
 def generate_set(out: Path, settings: BenchSettings, progress: ProgressFn | None = None) -> list[dict[str, object]]:
-    """Write the set to ``out`` (see the module docstring). Returns the jobs written to ``jobs.jsonl``."""
+    """Write the set to ``out`` (see the module docstring). Returns the clips written to ``clips.jsonl``."""
     if (out / "jobs.jsonl").exists():
         raise TTMInputError("out", f"{out} already holds a set (jobs.jsonl)", "choose an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    jobs: list[dict[str, object]] = []
+    clips: list[dict[str, object]] = []
     for index in range(settings.count):
         clip = make_clip(index, settings)
         image = f"images/{clip.id}.png"
@@ -191,13 +193,15 @@ def generate_set(out: Path, settings: BenchSettings, progress: ProgressFn | None
         write_trajectory(clip.trajectory, out / trajectory)
         write_video(out / "reference" / f"{clip.id}.mp4", clip.frames, settings.fps)
         prompts = clip.trajectory.objects.prompts
-        jobs.append({"id": clip.id, "image": image, "masks": masks, "prompt": clip.prompt, "motion": clip.motion,
-                     "objects": {o.name: o.local_prompt for o in prompts.objects}, "trajectory": trajectory,
-                     "seed": settings.seed * 1000 + index})
+        clips.append({"id": clip.id, "image": image, "masks": masks, "prompt": clip.prompt, "motion": clip.motion,
+                      "objects": {o.name: o.local_prompt for o in prompts.objects}, "trajectory": trajectory,
+                      "seed": settings.seed * 1000 + index})
         if progress is not None:
             progress(index + 1, settings.count)
     (out / "set.json").write_text(json.dumps({"generator": "ttm_core.eval.benchset", **asdict(settings)},
                                              indent=2) + "\n")
+    (out / "clips.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in clips))
     # jobs.jsonl last: a folder with it is a finished set.
+    jobs = [{"id": c["id"], "image": c["image"], "trajectory": c["trajectory"]} for c in clips]
     (out / "jobs.jsonl").write_text("".join(json.dumps(job, ensure_ascii=False) + "\n" for job in jobs))
-    return jobs
+    return clips

@@ -1,8 +1,8 @@
 """Score rendered sets: every metric for every configuration, against a benchmark set.
 
-A *set* is a folder in the layout ``benchset`` writes (``jobs.jsonl`` with each clip's id, prompt and
-trajectory file; ``reference/<id>.mp4``); a real set built by hand or with ``ttm-data`` works the same when
-it has these files. A *configuration* is a folder of rendered videos, one per clip: ``<id>.mp4`` (or any
+A *set* is a folder in the layout ``benchset`` writes (``clips.jsonl`` or ``jobs.jsonl`` with each clip's
+id, prompt and trajectory file; ``reference/<id>.mp4``); a real set built by hand or with ``ttm-data`` works
+the same when it has these files. A *configuration* is a folder of rendered videos, one per clip: ``<id>.mp4`` (or any
 video extension) or the first video under ``<id>/`` (what ``ttm-batch --out`` writes).
 
 Per clip: adherence (mean IoU and centroid error, and per object and frame), AD, CLIPFrame, ViCLIP-T (with
@@ -33,9 +33,11 @@ NEEDS = {"clip_frame": "clip", "viclip_t": "viclip", "viclip_v": "viclip", "fvd"
 
 
 def read_set(folder: Path) -> list[dict[str, Any]]:
-    """The clips of a set (its ``jobs.jsonl``), each with ``id`` and, when it has them, ``trajectory``
-    and ``prompt``."""
-    jobs = folder / "jobs.jsonl"
+    """The clips of a set (its ``clips.jsonl``, else its ``jobs.jsonl``), each with ``id`` and, when it has
+    them, ``trajectory`` and ``prompt``."""
+    jobs = folder / "clips.jsonl"
+    if not jobs.is_file():
+        jobs = folder / "jobs.jsonl"
     if not jobs.is_file():
         raise TTMInputError("set", f"{jobs} does not exist", "pass a folder made by `ttm-eval generate-set` (or one "
                             "with a jobs.jsonl of clip ids, prompts and trajectory files)")
@@ -71,6 +73,18 @@ def _load_models(metrics: Sequence[str], models: Mapping[str, str | Path | None]
 
         loaded["i3d"] = load_i3d(models["i3d"] or "", device)
     return loaded
+
+
+def _prompt(set_dir: Path, job: Mapping[str, Any]) -> str:
+    """The clip's global prompt: its ``prompt`` field, else the one its trajectory file carries."""
+    if isinstance(job.get("prompt"), str):
+        return str(job["prompt"])
+    if job.get("trajectory"):
+        from ..motion.trajectory_file import read_trajectory
+
+        return read_trajectory(set_dir / job["trajectory"], "trajectory").objects.prompts.global_prompt
+    raise TTMInputError("set", f"clip {job['id']!r} has neither a prompt nor a trajectory file",
+                        "give it a \"prompt\" (ViCLIP-T compares the video with it)")
 
 
 def _adherence(video: torch.Tensor, trajectory_path: Path, tracker: Any, device: str) -> dict[str, Any]:
@@ -156,7 +170,7 @@ def score_set(set_dir: Path, configs: Mapping[str, Path], *, metrics: Sequence[s
                 if "viclip_t" in metrics:
                     from .viclip import viclip_t
 
-                    row["viclip_t"] = float(viclip_t(loaded["viclip"], [video], [str(job.get("prompt", ""))])[0])
+                    row["viclip_t"] = float(viclip_t(loaded["viclip"], [video], [_prompt(set_dir, job)])[0])
                 if "viclip_v" in metrics:
                     from .viclip import viclip_v
 
