@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 
 from eval_models import make_tiny_clip, make_tiny_i3d, make_tiny_viclip
+from ttm_core.errors import TTMInputError
+from ttm_core.eval.ablation import write_jobs
 from ttm_core.eval.benchset import BenchSettings, make_clip
 from ttm_core.eval.cli import main
 from ttm_core.eval.videos import read_video, write_video
@@ -119,3 +121,21 @@ def test_score_names_a_missing_weights_file_before_reading_videos(bench: Path, t
     assert "tracking" not in run.stderr and not (tmp_path / "r").exists()
     run = ttm_eval(capsys, "score", "--set", str(tmp_path), "--videos", f"x={tmp_path}", "--out", str(tmp_path / "r"))
     assert run.returncode == 2 and "jobs.jsonl does not exist" in run.stderr
+
+
+def test_ablation_jobs_override_every_stage2_node_per_configuration(bench: Path, tmp_path: Path) -> None:
+    workflow = {"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+                "7": {"class_type": "TTM_WanMotionToVideo",
+                      "inputs": {"self_strength": 1.0, "cross_strength": 1.0, "guidance": True, "seed": 1}},
+                "9": {"class_type": "TTM_PatchModel",
+                      "inputs": {"self_strength": 1.0, "cross_strength": 1.0, "guidance": True}}}
+    written = write_jobs(bench / "set" / "jobs.jsonl", workflow, tmp_path)
+    assert list(written) == ["none-unguided", "cross-unguided", "self-unguided", "both-unguided",
+                             "none-guided", "cross-guided", "self-guided", "both-guided"]
+    job = json.loads(written["cross-unguided"].read_text().splitlines()[0])
+    assert job["overrides"] == {"7.self_strength": 0.0, "7.cross_strength": 1.0, "7.guidance": False,
+                                "9.self_strength": 0.0, "9.cross_strength": 1.0, "9.guidance": False}
+    assert Path(job["trajectory"]).is_absolute() and Path(job["trajectory"]).is_file()
+    assert len(written["both-guided"].read_text().splitlines()) == 3
+    with pytest.raises(TTMInputError, match="workflow: no node has the inputs self_strength"):
+        write_jobs(bench / "set" / "jobs.jsonl", {"1": workflow["1"]}, tmp_path)
