@@ -85,10 +85,16 @@ def test_a_video_that_follows_its_trajectory_scores_iou_near_one() -> None:
     assert result.per_clip()["max_centroid_error_px"] < 1.0
 
 
-def test_adherence_refuses_a_video_of_another_length_before_tracking() -> None:
+def test_adherence_refuses_a_video_of_another_length_before_tracking_or_fits_the_trajectory() -> None:
     video, labels = scene([(0, 0)] * 3)
     with pytest.raises(TTMInputError, match="video: the video has 2 frames, the trajectory 3"):
         trajectory_adherence(video[:2], trajectory_of(labels))
+    # A trajectory twice the video's size and of 2T - 1 frames: fitted (nearest frames, resized) it is the video's.
+    moving, truth = scene([(2 * t, t) for t in range(5)])
+    big = torch.nn.functional.interpolate(truth[[0, 0, 1, 1, 2, 2, 3, 3, 4]][:, None].float(), scale_factor=2,
+                                          mode="nearest")[:, 0].to(torch.uint8)
+    fitted = trajectory_adherence(moving, trajectory_of(big), fit=True)
+    assert fitted.iou.shape == (5, 1) and fitted.per_clip()["min_iou"] > 0.9
 
 
 def test_average_displacement_of_a_known_translation() -> None:

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.server
 
 
 def trajectory_workflow(path: Path) -> Path:
-    """The shipped TI2V workflow on the tiny files (64x64, 5 frames, 1 step, mp4), its Stage 1 replaced by Load
+    """The shipped TI2V workflow on the tiny files (64x64, 5 frames, 2 steps, mp4), its Stage 1 replaced by Load
     Trajectory."""
-    graph = tiny_workflow(load_workflow("ttm_wan22_ti2v_api.json"), "ttm/ablation", steps=1, size=(64, 64),
+    graph = tiny_workflow(load_workflow("ttm_wan22_ti2v_api.json"), "ttm/ablation", steps=2, size=(64, 64),
                           fmt="mp4")
     graph["7"]["inputs"]["length"] = 5
     for node_id in ("2", "3", "4", "5", "6"):
@@ -35,7 +35,7 @@ def trajectory_workflow(path: Path) -> Path:
     return path
 
 
-@pytest.mark.slow  # eight tiny Wan renders on the CPU
+@pytest.mark.slow  # four tiny Wan renders on the CPU (~90 s here)
 def test_ablation_renders_every_configuration_and_prints_table_3(native_wan_server, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     generate_set(tmp_path / "set", BenchSettings(count=1, height=64, width=64, frames=9, max_objects=2))

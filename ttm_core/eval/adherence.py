@@ -172,6 +172,25 @@ def check_video(video: Any, trajectory: Trajectory, name: str = "video") -> None
                             "frame count), or fit the trajectory to the video's length first")
 
 
+def fit_to_video(trajectory: Trajectory, frames: int, height: int, width: int) -> Trajectory:
+    """The trajectory as a video of ``frames`` x ``height`` x ``width`` shows it: centre-cropped to its aspect
+    (``fit_trajectory``, ComfyUI's crop of the start image), then nearest frames and nearest-pixel labels
+    (``resample_labels``), first-frame masks resized bilinearly; the frame rate scaled with the length."""
+    import torch.nn.functional as F
+
+    from ..motion.fit import fit_trajectory, resample_labels
+    from ..types import Objects
+
+    cropped = fit_trajectory(trajectory, height, width, frames)
+    labels = resample_labels(cropped.labels, height, width, frames)
+    masks = F.interpolate(cropped.objects.masks[:, None], size=(height, width), mode="bilinear",
+                          align_corners=False, antialias=True)[:, 0]
+    objects = Objects(cropped.objects.prompts, masks, cropped.objects.ids, cropped.objects.colors)
+    fps = cropped.fps * (frames - 1) / (cropped.num_frames - 1) if frames > 1 and cropped.num_frames > 1 \
+        else cropped.fps
+    return Trajectory(labels, objects, fps, cropped.depth_order)
+
+
 def trajectory_adherence(video: torch.Tensor, trajectory: Trajectory, tracker: Any = None, *, fit: bool = False,
                          device: torch.device | str = "cpu", progress: ProgressFn | None = None) -> Adherence:
     """Re-track ``video``'s objects from the trajectory's first-frame masks and compare with the trajectory.
@@ -181,9 +200,9 @@ def trajectory_adherence(video: torch.Tensor, trajectory: Trajectory, tracker: A
         trajectory: the intended motion; its ``objects.masks`` start the tracks.
         tracker: ``FlowTrackSettings`` (default ``FlowTrackSettings()``), a ``Sam2Model`` that can track or a
             ``Sam3Tracker``.
-        fit: a trajectory of another size or length than the video is first fitted to it
-            (``ttm_core.motion.fit.fit_trajectory``: centre crop to the video's aspect, resize, resample in
-            time), as Stage 2 fits it before rendering; without ``fit`` that is an error.
+        fit: a trajectory of another size or length than the video is first fitted to it (``fit_to_video``:
+            centre crop to the video's aspect, resize, nearest frames), as Stage 2 fits it before rendering;
+            without ``fit`` that is an error.
         device: where a SAM tracker runs (the flow tracker is OpenCV on the CPU).
         progress: called with (frames done, T) per tracked frame; raising cancels.
     Returns:
@@ -197,9 +216,7 @@ def trajectory_adherence(video: torch.Tensor, trajectory: Trajectory, tracker: A
                             "connect a TTM_TRAJECTORY (Image To Motion, Load Trajectory)")
     if fit and isinstance(video, torch.Tensor) and video.ndim == 4 and \
             (trajectory.num_frames, *trajectory.size) != tuple(video.shape[:3]):
-        from ..motion.fit import fit_trajectory
-
-        trajectory = fit_trajectory(trajectory, int(video.shape[1]), int(video.shape[2]), int(video.shape[0]))
+        trajectory = fit_to_video(trajectory, int(video.shape[0]), int(video.shape[1]), int(video.shape[2]))
     check_video(video, trajectory)
     tracker = FlowTrackSettings() if tracker is None else tracker
     check_tracker(tracker)
