@@ -16,6 +16,8 @@ Subcommands:
                 memory ratios (``benchmarks.train_step``).
     stage1      ttm-train stage1's training step vs a plain fine-tune of the same tiny base, and sampling a
                 trajectory vs sampling a video of the same size (``benchmarks.stage1``).
+    eval        ttm-eval's metrics: seconds per clip each, adherence clips per minute with the flow tracker
+                (``benchmarks.eval``).
     plan        Stage 1's plan backend: seconds per clip with the tiny local LLM, constrained vs
                 unconstrained decoding (``benchmarks.plan``).
 
@@ -116,6 +118,12 @@ def _data_build(argv: list[str]) -> int:
     return data_build_main(argv)
 
 
+def _eval(argv: list[str]) -> int:
+    from benchmarks.eval import main as eval_main
+
+    return eval_main(argv)
+
+
 def _train_step(argv: list[str]) -> int:
     from benchmarks.train_step import main as train_step_main
 
@@ -136,7 +144,7 @@ def _plan(argv: list[str]) -> int:
 
 _OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode, "plan": _plan,
                                                        "track-memory": _track_memory, "data-build": _data_build,
-                                                       "train-step": _train_step, "stage1": _stage1}
+                                                       "train-step": _train_step, "stage1": _stage1, "eval": _eval}
 """Subcommands that parse their own arguments (``python -m benchmarks native --help``)."""
 
 
@@ -191,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-step", help="ttm-train: Stage 2 step time / memory vs a plain fine-tune (own options)")
     sub.add_parser("stage1", help="ttm-train stage1: step vs plain fine-tune, trajectory vs video sampling "
                    "(own options)")
+    sub.add_parser("eval", help="ttm-eval: seconds per clip per metric, adherence clips/minute (own options)")
     sub.add_parser("plan", help="Stage 1 plan backend: s/clip, constrained vs unconstrained tiny LLM (own options)")
     return parser
 

@@ -11,6 +11,7 @@ check_torch(torch.__version__)  # before the node modules: a too-old torch is na
 
 from . import format_nodes
 from ._models import register_model_folders
+from .eval_nodes import TrajectoryAdherence
 from .llm_nodes import LLMEndpoint, LLMLoader
 from .model_nodes import VideoModelLoader
 from .motion_nodes import ImageToMotion
@@ -53,6 +54,8 @@ NODES: list[type[io.ComfyNode]] = [
     LoadTrajectory,
     # trained Stage 2 (issue 13)
     TrainedCheckpointLoader,
+    # evaluation (issue 16)
+    TrajectoryAdherence,
 ]
 
 

@@ -94,12 +94,12 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.
 fi
 # Training and data building (ttm-data, ttm-train): Ray, webdataset, peft, tensorboard
 # (requirements-train.txt), then the root distribution itself, editable and without dependencies
-# (they are requirements.txt's), for its two console scripts. Re-run when the scripts are missing:
+# (they are requirements.txt's), for its console scripts (ttm-data, ttm-train, ttm-eval). Re-run when the scripts are missing:
 # the step above uninstalls the root distribution whenever it re-runs.
 stamp="$venv/.ttm-train"
 if [ ! -f "$stamp" ] || [ requirements-train.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
-   || [ ! -x "$venv/bin/ttm-train" ] || [ ! -x "$venv/bin/ttm-data" ]; then
-  log "installing the training requirements and the ttm-data / ttm-train commands"
+   || [ ! -x "$venv/bin/ttm-train" ] || [ ! -x "$venv/bin/ttm-data" ] || [ ! -x "$venv/bin/ttm-eval" ]; then
+  log "installing the training requirements and the ttm-data / ttm-train / ttm-eval commands"
   "${pip[@]}" -r requirements-train.txt
   "${pip[@]}" --no-deps -e .
   touch "$stamp"

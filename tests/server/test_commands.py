@@ -44,6 +44,11 @@ COVERED: dict[str, str] = {
     r"ttm-batch --server \S+( --server \S+)* --workflow \S+ --jobs jobs\.jsonl --out renders/":
         "test_ttm_batch_as_in_the_readme",
     r"pip install \./batch": "tests/batch/test_packaging.py (a fresh venv)",
+    r"ttm-eval generate-set bench/ --count 2 --seed 0": "test_ttm_eval_as_in_the_readme",
+    r"ttm-batch --server \S+ --workflow workflows/ttm_saved_trajectory_warp_api\.json --jobs bench/jobs\.jsonl "
+    r"--out renders/warp/": "test_ttm_eval_as_in_the_readme",
+    r"ttm-eval score --set bench/ --videos warp=renders/warp --videos reference=bench/reference --out results/":
+        "test_ttm_eval_as_in_the_readme",
     r"ttm-data build videos/ --out data/shards --masks masks/ --workers 4": "test_training_as_in_the_readme",
     r"ttm-train stage2 --config configs/train/stage2_wan22_ti2v\.yaml --set model\.path=\S+":
         "test_training_as_in_the_readme (the model path replaced by a tiny TI2V folder)",
@@ -217,6 +222,29 @@ def test_ttm_batch_as_in_the_readme(comfy_server, tmp_path: Path) -> None:
     assert all(e["status"] == "done" for e in manifest)
     for entry in manifest:
         assert all((tmp_path / "renders" / f).is_file() for f in entry["files"]), entry
+
+
+def test_ttm_eval_as_in_the_readme(comfy_server, tmp_path: Path) -> None:
+    """The README's three ttm-eval lines as written (the test server's URL for the ttm-batch line): a set, its
+    warp renders through ttm-batch, and the scores of the renders and of the set's reference videos."""
+    starts = ("ttm-eval ", "ttm-batch --server http://127.0.0.1:8188 --workflow workflows/ttm_saved_trajectory")
+    lines = [c for c in readme_commands() if c.startswith(starts) and "bench/" in c]
+    assert [c.split()[:2] for c in lines] == [["ttm-eval", "generate-set"], ["ttm-batch", "--server"],
+                                             ["ttm-eval", "score"]]
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    for line in lines:
+        args = shlex.split(line)
+        if args[0] == "ttm-batch":
+            args[2] = comfy_server.url
+            args = [str(ROOT / a) if a.startswith("workflows/") else a for a in args]
+        done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert "| warp |" in done.stdout and "| reference |" in done.stdout
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["configs"]["warp"]["count"] == 2 and results["configs"]["warp"]["missing"] == []
+    for name in ("warp", "reference"):  # the warp moves each object exactly along its trajectory
+        assert results["summary"][name]["mean_iou"] > 0.9, results["summary"]
+    assert (tmp_path / "results" / "metrics.png").is_file()
 
 
 def test_the_curl_line(comfy_server) -> None:
