@@ -260,7 +260,8 @@ def _composite(out: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, sta
             colors[j] = color
     for j, (k, (oy, ox)) in enumerate(zip(present, origins)):
         region = out[k, oy:oy + box_h, ox:ox + box_w]
-        region.lerp_(colors[j], alpha[j])  # type: ignore[arg-type]
+        # The old whole-frame formula, not lerp_: the same float rounding, so 8-bit frames stay identical.
+        region.copy_(region * (1.0 - alpha[j]) + colors[j] * alpha[j])  # type: ignore[operator]
 
 
 def label_boxes(labels: torch.Tensor, ids: tuple[int, ...]) -> torch.Tensor:
