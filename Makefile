@@ -8,7 +8,7 @@ SERVE_BASE ?= $(or $(TTM_SERVE_BASE),.comfyui/serve)
 COMFY_PY := $(or $(TTM_COMFYUI_PYTHON),$(PY))
 
 .PHONY: setup demo test test-fast lint serve bench-attention bench-stage2 bench-native bench-encode bench-flow-track \
-	bench-track-memory bench-plan clean
+	bench-track-memory bench-plan bench-modelfree clean
 
 setup:  ## build .venv (torch, deps, test tools), .comfyui/ComfyUI and .comfyui/frontends/ (newest frontend) from nothing; idempotent
 	bash tools/setup_env.sh
@@ -48,6 +48,9 @@ bench-flow-track: setup  ## the flow tracker's frames/s and IoU at 832x480x81 pe
 
 bench-track-memory: setup  ## tracking peak memory vs clip length, streamed vs all frames at once -> JSON at $(OUT)
 	$(PY) -m benchmarks track-memory --json $(or $(OUT),artifacts/bench-track-memory.json) $(BENCH_ARGS)
+
+bench-modelfree: setup  ## model-free chain vs integer-paste cut-and-drag, 832x480x81, 1/3/8 objects -> JSON at $(OUT)
+	$(PY) -m benchmarks modelfree --json $(or $(OUT),artifacts/bench-modelfree.json) $(BENCH_ARGS)
 
 bench-plan: setup  ## Stage 1 plan backend: s/clip with the tiny local LLM, constrained vs not -> JSON at $(OUT)
 	$(PY) -m benchmarks plan --json $(or $(OUT),artifacts/bench-plan.json) $(BENCH_ARGS)

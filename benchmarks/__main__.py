@@ -20,6 +20,8 @@ Subcommands:
                 (``benchmarks.eval``).
     plan        Stage 1's plan backend: seconds per clip with the tiny local LLM, constrained vs
                 unconstrained decoding (``benchmarks.plan``).
+    modelfree   the model-free chain (Objects From Masks -> Image To Motion paths -> warp) vs an integer-paste
+                cut-and-drag at 832x480x81, 1/3/8 objects (``benchmarks.modelfree``).
 
 Every benchmark measures its variants side by side in one run and prints ratios; none asserts a time.
 """
@@ -136,6 +138,12 @@ def _stage1(argv: list[str]) -> int:
     return stage1_main(argv)
 
 
+def _modelfree(argv: list[str]) -> int:
+    from benchmarks.modelfree import main as modelfree_main
+
+    return modelfree_main(argv)
+
+
 def _plan(argv: list[str]) -> int:
     from benchmarks.plan import main as plan_main
 
@@ -144,7 +152,8 @@ def _plan(argv: list[str]) -> int:
 
 _OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode, "plan": _plan,
                                                        "track-memory": _track_memory, "data-build": _data_build,
-                                                       "train-step": _train_step, "stage1": _stage1, "eval": _eval}
+                                                       "train-step": _train_step, "stage1": _stage1, "eval": _eval,
+                                                       "modelfree": _modelfree}
 """Subcommands that parse their own arguments (``python -m benchmarks native --help``)."""
 
 
@@ -200,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("stage1", help="ttm-train stage1: step vs plain fine-tune, trajectory vs video sampling "
                    "(own options)")
     sub.add_parser("eval", help="ttm-eval: seconds per clip per metric, adherence clips/minute (own options)")
+    sub.add_parser("modelfree", help="the model-free chain vs an integer-paste cut-and-drag, 832x480x81 "
+                   "(own options)")
     sub.add_parser("plan", help="Stage 1 plan backend: s/clip, constrained vs unconstrained tiny LLM (own options)")
     return parser
 

@@ -38,7 +38,7 @@ COVERED: dict[str, str] = {
     r"make lint": "test_make_test_lints_then_runs_pytest (make test runs make lint)",
     r"make setup": "every make target here runs it first",
     r"make serve PORT=\d+": "test_make_serve_as_written_answers_and_stops_on_sigterm",
-    r"make bench-(attention|stage2|native|encode|flow-track|track-memory|plan)( OUT=\S+)?":
+    r"make bench-(attention|stage2|native|encode|flow-track|track-memory|plan|modelfree)( OUT=\S+)?":
         "test_benchmark_targets_at_a_tiny_size",
     r"python -m benchmarks <name> --help": "test_every_benchmark_says_its_options",
     r"ttm-batch --server \S+( --server \S+)* --workflow \S+ --jobs jobs\.jsonl --out renders/":
@@ -169,6 +169,7 @@ def test_benchmark_targets_at_a_tiny_size(tmp_path: Path) -> None:
         "bench-flow-track": "--size 160x128 --frames 10 --rounds 1",
         "bench-track-memory": "--lengths 3,5 --size 64x64 --trackers hf",
         "bench-plan": "--rounds 1 --max-new-tokens 200 --threads 1",
+        "bench-modelfree": "--size 96x64 --frames 9 --objects 1,2 --rounds 1 --threads 1",
     }
     for target, args in runs.items():
         out = tmp_path / f"{target}.json"
@@ -183,6 +184,10 @@ def test_benchmark_targets_at_a_tiny_size(tmp_path: Path) -> None:
         elif target == "bench-track-memory":
             assert [(r["tracker"], r["way"], r["frames"]) for r in report["runs"]] == [
                 ("hf", way, n) for n in (3, 5) for way in ("streamed", "at_once")]
+        elif target == "bench-modelfree":
+            assert report["size"] == "96x64x9" and [(r["objects"], r["motion"]) for r in report["rows"]] == [
+                (n, m) for n in (1, 2) for m in ("translation", "scale_rotation")]
+            assert all(r["seconds"]["baseline"] > 0 and r["peak_extra_mib"]["ours"] >= 0 for r in report["rows"])
         elif target == "bench-plan":
             assert report["rounds"] == 1 and set(report["results"]) == {"constrained", "unconstrained"}
         else:
@@ -271,7 +276,8 @@ def test_installing_the_requirements_leaves_torch_alone() -> None:
     assert not re.search(r"\btorch(vision|audio)?-\d", would), would
 
 
-@pytest.mark.parametrize("name", ["attention", "stage2", "native", "encode", "plan", "flow-track", "track-memory"])
+@pytest.mark.parametrize("name", ["attention", "stage2", "native", "encode", "plan", "flow-track", "track-memory",
+                                  "modelfree"])
 def test_every_benchmark_says_its_options(name: str) -> None:
     result = subprocess.run([sys.executable, "-m", "benchmarks", name, "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
