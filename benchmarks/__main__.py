@@ -16,6 +16,9 @@ Subcommands:
                 memory ratios (``benchmarks.train_step``).
     stage1      ttm-train stage1's training step vs a plain fine-tune of the same tiny base, and sampling a
                 trajectory vs sampling a video of the same size (``benchmarks.stage1``).
+    gpu         every GPU benchmark in one run at the published model sizes (``--size tiny``: on the CPU,
+                plumbing only): native Wan, masked-attention kernels, CogVideoX-5B, training step
+                (``benchmarks.gpu``).
     plan        Stage 1's plan backend: seconds per clip with the tiny local LLM, constrained vs
                 unconstrained decoding (``benchmarks.plan``).
 
@@ -128,6 +131,12 @@ def _stage1(argv: list[str]) -> int:
     return stage1_main(argv)
 
 
+def _gpu(argv: list[str]) -> int:
+    from benchmarks.gpu import main as gpu_main
+
+    return gpu_main(argv)
+
+
 def _plan(argv: list[str]) -> int:
     from benchmarks.plan import main as plan_main
 
@@ -136,7 +145,8 @@ def _plan(argv: list[str]) -> int:
 
 _OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode, "plan": _plan,
                                                        "track-memory": _track_memory, "data-build": _data_build,
-                                                       "train-step": _train_step, "stage1": _stage1}
+                                                       "train-step": _train_step, "stage1": _stage1,
+                                                       "gpu": _gpu}
 """Subcommands that parse their own arguments (``python -m benchmarks native --help``)."""
 
 
@@ -191,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-step", help="ttm-train: Stage 2 step time / memory vs a plain fine-tune (own options)")
     sub.add_parser("stage1", help="ttm-train stage1: step vs plain fine-tune, trajectory vs video sampling "
                    "(own options)")
+    sub.add_parser("gpu", help="every GPU benchmark at real size (--size tiny: on CPU, plumbing) (own options)")
     sub.add_parser("plan", help="Stage 1 plan backend: s/clip, constrained vs unconstrained tiny LLM (own options)")
     return parser
 
