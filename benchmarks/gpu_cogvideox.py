@@ -25,6 +25,10 @@ from benchmarks.gpu import Measure, ratio
 
 LOG = logging.getLogger(__name__)
 
+REAL = {"height": 480, "width": 720, "frames": 49, "heads": 48, "head_dim": 64, "layers": 42}
+"""CogVideoX-5b-I2V: 42 blocks of 48 heads x 64 at its one size, 720x480x49."""
+TINY = {"height": 64, "width": 64, "frames": 9, "heads": 2, "head_dim": 64, "layers": 4}
+
 
 def run(size: str, extended: bool = False) -> dict[str, Any]:
     from pathlib import Path
@@ -37,7 +41,7 @@ def run(size: str, extended: bool = False) -> dict[str, Any]:
     real = size == "real"
     device = torch.device("cuda" if real and torch.cuda.is_available() else "cpu")
     if real:
-        case = Stage2Case(height=480, width=720, frames=49, heads=48, head_dim=64, layers=42)
+        case = Stage2Case(**REAL)
         with torch.device(device):  # every module built in place on the GPU
             pipe = build_cogvideox("1.0", seed=0, sample_size=(case.height, case.width), sample_frames=case.frames,
                                    learned_positions=True, heads=case.heads, head_dim=case.head_dim,
@@ -47,7 +51,7 @@ def run(size: str, extended: bool = False) -> dict[str, Any]:
         pipe.set_progress_bar_config(disable=True)
         model = VideoModel("bench-cogvideox-5b", Path("."), VARIANTS["cogvideox-1.0-i2v"], pipe, dtype)
     else:
-        case = Stage2Case(height=64, width=64, frames=9, heads=2, head_dim=64, layers=4)
+        case = Stage2Case(**TINY)
         model = build_model(case)
     bench = StepBench(model, case, device=device)
     variants = {"stock": bench.stock, "ours": bench.ours}

@@ -58,7 +58,8 @@ def _variants(ids: torch.Tensor, device: torch.device, dtype: torch.dtype) -> tu
     if device.type == "cuda" and half and varlen is not None:
         variants["ours_varlen"] = lambda q, k, v: kernels._varlen_attention(q, k, v, plan, varlen)
     else:
-        skipped.append("ours_varlen: PyTorch's varlen kernel needs CUDA and fp16/bf16")
+        skipped.append("ours_varlen: PyTorch's varlen kernel (torch.nn.attention.varlen) needs CUDA, fp16/bf16 and a "
+                       "PyTorch that has it")
     variants["flex_block_mask"] = lambda q, k, v: kernels._flex_attention(q, k, v, plan)
     if importlib.util.find_spec("flash_attn") is not None and device.type == "cuda" and half:
         from flash_attn import flash_attn_varlen_func

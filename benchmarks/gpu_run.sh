@@ -12,7 +12,7 @@
 # as skipped unless a flash-attn wheel is put into .whl/ by other means.
 #
 # Time plan (one call, at most 600 s): wheel install ~10 s; the benchmark with --budget 500 (native
-# 230 s at most, kernels 70, cogvideox 70, train 130, native-720 with what is left, each part stopped
+# 230 s at most, kernels 90 (FlexAttention compiles), cogvideox 60, train 120, native-720 with what is left, each part stopped
 # at its cap and recorded as "timeout"); the outer `timeout 570` kills it all before the call's limit,
 # and the JSON is rewritten after every part, so whatever finished comes back in $OUT.
 set -uo pipefail

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import benchmarks.__main__ as cli
-from benchmarks.gpu import PARTS
+from benchmarks.gpu import PARTS, check_size
+from ttm_core.errors import TTMInputError
 
 
 def _cases(report: dict, part: str) -> list[dict]:
@@ -39,8 +40,11 @@ def test_every_gpu_benchmark_at_tiny_size(tmp_path: Path, capsys: pytest.Capture
     i2v, ti2v = "tiny Wan 2.1 I2V layout", "tiny Wan 2.2 TI2V layout"
     assert set(native) == {(i2v, "unpatched"), (i2v, "strength 1"), (i2v, "blend 0.5"),
                            (i2v, "strength 1 + dual clock"), (ti2v, "unpatched"), (ti2v, "strength 1")}
-    # 128x128x5 through ComfyUI's own models: Wan 2.1 latents 2x16x16 -> 128 tokens, TI2V's 2x8x8 -> 32
-    assert native[(i2v, "strength 1")]["tokens"] == 128 and native[(ti2v, "strength 1")]["tokens"] == 32
+    # through ComfyUI's own models: Wan 2.1 at 128x128x5, latents 2x16x16 -> 128 tokens; TI2V at 128 x 144,
+    # latents 2x9x8 -> 9 rows padded to 10 by Wan's 2x2 patches -> 2x5x4 = 40 tokens
+    assert native[(i2v, "strength 1")]["tokens"] == 128 and native[(ti2v, "strength 1")]["tokens"] == 40
+    # the masked attention really ran in every patched case (no call passed through to stock attention)
+    assert all(case["pass_through_notes"] == [] for case in native.values())
     assert native[(i2v, "strength 1")]["masked_blocks"] == 1  # the default K: a quarter of 4 blocks
     assert "fp8 weights: need CUDA compute capability >= 8.9" in report["parts"]["native"]["skipped"]
 
@@ -68,3 +72,12 @@ def test_every_gpu_benchmark_at_tiny_size(tmp_path: Path, capsys: pytest.Capture
     for case in (native[(i2v, "strength 1")], cog["ours"], train["ttm"], kernels["ours_loop"]):
         assert case["ratios"]["time" if "time" in case["ratios"] else "time_vs_dense"] > 0
     assert ratios >= 12 and report["non_finite_ratios"] == []
+
+
+def test_real_size_refuses_a_machine_without_a_gpu() -> None:
+    """Before anything is built: the real-size models do not fit a CPU machine's memory."""
+    with pytest.raises(TTMInputError) as raised:
+        check_size("real", cuda=False)
+    assert raised.value.input_name == "--size" and "--size tiny" in raised.value.fix
+    check_size("real", cuda=True)
+    check_size("tiny", cuda=False)
