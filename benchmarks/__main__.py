@@ -18,6 +18,9 @@ Subcommands:
                 trajectory vs sampling a video of the same size (``benchmarks.stage1``).
     eval        ttm-eval's metrics: seconds per clip each, adherence clips per minute with the flow tracker
                 (``benchmarks.eval``).
+    gpu         every GPU benchmark in one run at the published model sizes (``--size tiny``: on the CPU,
+                plumbing only): native Wan, masked-attention kernels, CogVideoX-5B, training step
+                (``benchmarks.gpu``).
     plan        Stage 1's plan backend: seconds per clip with the tiny local LLM, constrained vs
                 unconstrained decoding (``benchmarks.plan``).
     modelfree   the model-free chain (Objects From Masks -> Image To Motion paths -> warp) vs an integer-paste
@@ -144,6 +147,12 @@ def _modelfree(argv: list[str]) -> int:
     return modelfree_main(argv)
 
 
+def _gpu(argv: list[str]) -> int:
+    from benchmarks.gpu import main as gpu_main
+
+    return gpu_main(argv)
+
+
 def _plan(argv: list[str]) -> int:
     from benchmarks.plan import main as plan_main
 
@@ -153,7 +162,7 @@ def _plan(argv: list[str]) -> int:
 _OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {"native": _native, "encode": _encode, "plan": _plan,
                                                        "track-memory": _track_memory, "data-build": _data_build,
                                                        "train-step": _train_step, "stage1": _stage1, "eval": _eval,
-                                                       "modelfree": _modelfree}
+                                                       "modelfree": _modelfree, "gpu": _gpu}
 """Subcommands that parse their own arguments (``python -m benchmarks native --help``)."""
 
 
@@ -211,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="ttm-eval: seconds per clip per metric, adherence clips/minute (own options)")
     sub.add_parser("modelfree", help="the model-free chain vs an integer-paste cut-and-drag, 832x480x81 "
                    "(own options)")
+    sub.add_parser("gpu", help="every GPU benchmark at real size (--size tiny: on CPU, plumbing) (own options)")
     sub.add_parser("plan", help="Stage 1 plan backend: s/clip, constrained vs unconstrained tiny LLM (own options)")
     return parser
 

@@ -111,26 +111,30 @@ class StepBench:
     """One denoising step of CogVideoX's loop with stock processors (``stock``) or ours (``ours``)."""
 
     def __init__(self, model: VideoModel, case: Stage2Case, height: int | None = None, width: int | None = None,
-                 frames: int | None = None) -> None:
+                 frames: int | None = None, device: torch.device | None = None) -> None:
+        """``device``: where the pipeline is (default the CPU); latents are made in ``model.dtype``."""
         height, width, frames = height or case.height, width or case.width, frames or case.frames
         pipe = self.pipe = model.pipeline
         self.case = case
         image, trajectory = build_inputs(Stage2Case(height, width, frames, coverage=case.coverage))
         plan = plan_frames(size_rules_free(), trajectory.size, trajectory.num_frames, trajectory.fps, width, height)
-        device = torch.device("cpu")
+        device = device or torch.device("cpu")
+        dtype = model.dtype
         encoded = encode_prompts(model, GLOBAL_PROMPT, NEGATIVE_PROMPT,
                                  [o.local_prompt for o in trajectory.objects.prompts.objects], device)
-        self.embeds = torch.cat([encoded.negative_embeds, encoded.prompt_embeds])
-        pipe.scheduler.set_timesteps(case.schedule_steps)
+        self.embeds = torch.cat([encoded.negative_embeds, encoded.prompt_embeds]).to(device, dtype)
+        pipe.scheduler.set_timesteps(case.schedule_steps, device=device)
         self.t = pipe.scheduler.timesteps[0]
         pixels = pipe.video_processor.preprocess(_pil(fit_frames(image[None], plan)[0]), height=height, width=width)
-        latents, image_latents = pipe.prepare_latents(pixels, 1, 4, frames, height, width, torch.float32, device,
+        latents, image_latents = pipe.prepare_latents(pixels.to(device, dtype), 1, pipe.transformer.config.out_channels,
+                                                      frames, height, width, dtype, device,
                                                       torch.Generator().manual_seed(0))
         self.latents, self.image_latents = latents, image_latents
         self.rotary = pipe._prepare_rotary_positional_embeddings(height, width, latents.size(1), device)
         self.plan = attention_plan(model, trajectory, plan, encoded.local, MaskedAttention())
-        reference, self.foreground = guidance_inputs(model, image, trajectory, plan, 1.0)
-        self.noised = noise_to(reference, rearrange(latents, "b f c h w -> b c f h w"),
+        reference, foreground = guidance_inputs(model, image, trajectory, plan, 1.0)
+        self.foreground = foreground.to(device)
+        self.noised = noise_to(reference.to(device), rearrange(latents, "b f c h w -> b c f h w"),
                                noise_level(pipe.scheduler, 1), "vp")
         self.model = model
 

@@ -41,6 +41,9 @@ COVERED: dict[str, str] = {
     r"make bench-(attention|stage2|native|encode|flow-track|track-memory|plan|modelfree)( OUT=\S+)?":
         "test_benchmark_targets_at_a_tiny_size",
     r"python -m benchmarks <name> --help": "test_every_benchmark_says_its_options",
+    r"python -m benchmarks gpu --size tiny": "tests/core/test_gpu_bench.py runs it as written (in process)",
+    r"python -m benchmarks gpu": "needs a GPU (--size real, the default); tests/core/test_gpu_bench.py runs the "
+                                 "same command with --size tiny",
     r"ttm-batch --server \S+( --server \S+)* --workflow \S+ --jobs jobs\.jsonl --out renders/":
         "test_ttm_batch_as_in_the_readme",
     r"pip install \./batch": "tests/batch/test_packaging.py (a fresh venv)",
@@ -277,7 +280,7 @@ def test_installing_the_requirements_leaves_torch_alone() -> None:
 
 
 @pytest.mark.parametrize("name", ["attention", "stage2", "native", "encode", "plan", "flow-track", "track-memory",
-                                  "modelfree"])
+                                  "modelfree", "gpu", "eval"])
 def test_every_benchmark_says_its_options(name: str) -> None:
     result = subprocess.run([sys.executable, "-m", "benchmarks", name, "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)

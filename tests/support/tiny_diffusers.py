@@ -93,8 +93,10 @@ def _clip_image_processor():
 
 def build_cogvideox(version: str = "1.0", seed: int = 0, sample_size: tuple[int, int] = (64, 64),
                     sample_frames: int = 9, learned_positions: bool | None = None, heads: int = 2,
-                    head_dim: int = 16, layers: int = 2):
-    """CogVideoX I2V 1.0 (patch 1x2x2; learned positions fix the size, as in CogVideoX-5b-I2V) or 1.5 (2x2x2)."""
+                    head_dim: int = 16, layers: int = 2, text_tokens: int = COG_TEXT_TOKENS):
+    """CogVideoX I2V 1.0 (patch 1x2x2; learned positions fix the size, as in CogVideoX-5b-I2V) or 1.5 (2x2x2).
+
+    ``text_tokens``: the text length (tokenizer and transformer); the GPU benchmark uses the real 226."""
     from diffusers import (
         AutoencoderKLCogVideoX,
         CogVideoXDDIMScheduler,
@@ -104,7 +106,7 @@ def build_cogvideox(version: str = "1.0", seed: int = 0, sample_size: tuple[int,
 
     torch.manual_seed(seed)
     height, width = sample_size
-    tokenizer = _t5_tokenizer(COG_TEXT_TOKENS)
+    tokenizer = _t5_tokenizer(text_tokens)
     text_encoder = _t5_encoder(24, len(tokenizer))
     vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
                                  norm_num_groups=2, temporal_compression_ratio=4, sample_height=2 * height,
@@ -117,7 +119,7 @@ def build_cogvideox(version: str = "1.0", seed: int = 0, sample_size: tuple[int,
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=heads, attention_head_dim=head_dim, in_channels=8, out_channels=4, time_embed_dim=16,
         text_embed_dim=24, num_layers=layers, sample_width=width // 8, sample_height=height // 8,
-        sample_frames=sample_frames, patch_size=2, max_text_seq_length=COG_TEXT_TOKENS,
+        sample_frames=sample_frames, patch_size=2, max_text_seq_length=text_tokens,
         use_rotary_positional_embeddings=True, use_learned_positional_embeddings=learned_positions,
         **extra).eval()
     scheduler = CogVideoXDDIMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction",
