@@ -20,7 +20,7 @@ import { api } from "../../scripts/api.js";
 const NODE_TYPE = "TTM_ImageToMotion";
 const PAYLOAD_KEY = "ttm_editor"; // nodes/editor_preview.py EDITOR_KEY
 const STAGE_HEIGHT = 260;
-const TOOLBAR_HEIGHT = 30;
+const TOOLBAR_HEIGHT = 54; // two rows when the node is narrow
 const ROW_HEIGHT = 18;
 const RULER_HEIGHT = 16;
 const LABEL_WIDTH = 90;
@@ -210,7 +210,7 @@ class PathEditor {
     this.note = el("div", { minHeight: "14px", color: "#bbb", whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis" });
     this.stage = el("canvas", { width: "100%", flex: "1 1 0", minHeight: "120px", background: "#111", cursor: "crosshair",
                                 touchAction: "none", display: "block" }, { className: "ttm-stage" });
-    const bar = el("div", { display: "flex", gap: "4px", alignItems: "center", height: `${TOOLBAR_HEIGHT - 6}px` });
+    const bar = el("div", { display: "flex", flexWrap: "wrap", gap: "4px", alignItems: "center" });
     const button = (label, title, fn) => {
       const b = el("button", { font: "11px sans-serif", padding: "1px 6px", cursor: "pointer" }, { textContent: label, title });
       b.addEventListener("click", (event) => { event.stopPropagation(); fn(); this.focus(); });
@@ -225,6 +225,21 @@ class PathEditor {
     for (const name of Object.keys(EASINGS)) this.easing.append(el("option", {}, { value: name, textContent: name }));
     this.easing.addEventListener("change", () => this.setEasing(this.easing.value));
     bar.append(this.easing);
+    // Exact values of the selected keyframe (x, y in pixels; scale; rotation in degrees, clockwise).
+    this.fields = {};
+    for (const [name, title] of [["x", "x (px)"], ["y", "y (px)"], ["scale", "scale (1 = original size)"], ["rotation", "rotation (degrees, clockwise)"]]) {
+      const input = el("input", { width: "52px", font: "11px sans-serif" }, { type: "number", step: name === "scale" ? "0.05" : "1", title, placeholder: name });
+      input.dataset.field = name;
+      input.addEventListener("change", () => this.setField(name, input.value));
+      input.addEventListener("keydown", (event) => event.stopPropagation());
+      this.fields[name] = input;
+      bar.append(input);
+    }
+    this.smooth = el("input", {}, { type: "checkbox", title: "Smooth curve through the keyframes (Catmull-Rom) instead of straight segments" });
+    this.smooth.addEventListener("change", () => this.setCurve(this.smooth.checked));
+    const smoothLabel = el("label", { display: "flex", alignItems: "center", gap: "2px" }, { textContent: "smooth" });
+    smoothLabel.prepend(this.smooth);
+    bar.append(smoothLabel);
     this.frameLabel = el("span", { marginLeft: "auto", fontVariantNumeric: "tabular-nums" });
     bar.append(this.frameLabel);
     this.timeline = el("canvas", { width: "100%", display: "block", background: "#1b1b1b", cursor: "pointer", touchAction: "none" },
@@ -499,6 +514,39 @@ class PathEditor {
     this.commit(parsed.data);
   }
 
+  /** Set ``name`` (x, y, scale, rotation) of the selected keyframe from a numeric field. */
+  setField(name, text) {
+    const value = Number(text);
+    if (this.selected < 0 || this.selectedKey < 0 || text === "" || !Number.isFinite(value)) return this.draw();
+    if (name === "scale" && value <= 0) return this.say("scale must be above 0 (1 = original size)");
+    const parsed = parsePaths(this.text);
+    if (parsed.error) return;
+    const data = name === "x" || name === "y" ? this.toPixels(parsed.data) : parsed.data;
+    const key = this.entryKey(data, this.selected);
+    const item = data.objects?.[key]?.keyframes?.[this.selectedKey];
+    if (!item) return;
+    if ((name === "x" || name === "y") && (typeof item.x !== "number" || typeof item.y !== "number")) {
+      // x and y go together: the other one from where the keyframe resolves now.
+      const resolved = this.lastRows[this.selected].path.keys.find((k) => k.src === this.selectedKey);
+      item.x = round2(resolved.x);
+      item.y = round2(resolved.y);
+    }
+    item[name] = round2(value);
+    this.commit(data);
+  }
+
+  setCurve(smooth) {
+    if (this.selected < 0) return;
+    const parsed = parsePaths(this.text);
+    if (parsed.error) return;
+    const key = this.entryKey(parsed.data, this.selected);
+    const entry = key === undefined ? undefined : parsed.data.objects[key];
+    if (!entry) return this.say("keyframe the object first, then choose its curve");
+    if (smooth) entry.curve = "smooth";
+    else delete entry.curve;
+    this.commit(parsed.data);
+  }
+
   keyframeHere() {
     if (this.selected < 0 || !this.scene) return this.say("select an object first (click it or its row)");
     const data = parsePaths(this.text).data;
@@ -562,6 +610,13 @@ class PathEditor {
     const item = sel?.key !== undefined && this.selectedKey >= 0 ? data.objects?.[sel.key]?.keyframes?.[this.selectedKey] : null;
     this.easing.value = item?.easing ?? "linear";
     this.easing.disabled = !item;
+    const key = sel?.path?.keys.find((k) => k.src === this.selectedKey && k.src >= 0);
+    for (const [name, input] of Object.entries(this.fields)) {
+      input.disabled = !item;
+      if (document.activeElement !== input) input.value = key ? String(round2(key[name])) : "";
+    }
+    this.smooth.disabled = !sel || sel.index < 0;
+    this.smooth.checked = sel?.path?.curve === "smooth";
     this.renderStage(rows);
     this.renderTimeline(rows);
   }

@@ -133,6 +133,9 @@ def test_path_editor_drag_retime_hand_edit_undo(request: pytest.FixtureRequest, 
           await app.queuePrompt(0, 1); }}""", FRAMES)
         page.wait_for_function(f"() => {EDITOR}.scene", timeout=120_000)
         assert not problem_dialogs(dialogs(page)), dialogs(page)
+        # Video Combine's preview plays by itself, muted and looping (web/ttm_video_preview.js).
+        page.wait_for_function("() => [...document.querySelectorAll('video')].some((v) => v.src.includes('coins_warp')"
+                               " && v.loop && v.muted && !v.paused && v.currentTime > 0)", timeout=30_000)
         page.evaluate(f"""() => {{ const n = {NODE};
           n.setSize([640, Math.max(n.size[1], 900)]);
           app.canvas.ds.scale = 1; app.canvas.ds.offset = [-n.pos[0] + 80, -n.pos[1] + 60];
@@ -178,6 +181,14 @@ def test_path_editor_drag_retime_hand_edit_undo(request: pytest.FixtureRequest, 
         assert retimed[:2] == keys[:2]
         assert retimed[2] == {"frame": 12, "x": 250, "y": 152, "easing": "ease_out"}
         assert page.evaluate(f"() => {EDITOR}.frame") == 12  # the playhead follows the dragged mark
+        retimed_text = paths(page)
+
+        # 2b. The selected keyframe's numeric field: scale 1.5 written into that keyframe only.
+        page.locator(".ttm-path-editor input[data-field=scale]").fill("1.5")
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"(text) => {PATHS} !== text", arg=retimed_text)
+        scaled = json.loads(paths(page))["objects"]["left coin"]["keyframes"]
+        assert scaled[:2] == keys[:2] and scaled[2] == {**retimed[2], "scale": 1.5}
 
         # 3. A hand edit of the JSON (typed into the paths widget) moves the drawn big coin.
         big = next(o for o in objects if o["name"] == "big coin")
@@ -199,8 +210,9 @@ def test_path_editor_drag_retime_hand_edit_undo(request: pytest.FixtureRequest, 
         assert moved[tinted] - min(moved) > 40, (moved, color)
         assert old[tinted] - min(old) < 25, (old, color)
 
-        # 4. Undo (Ctrl+Z) goes back over the hand edit, the retime and the drag: the shipped JSON, byte for byte.
-        for _ in range(3):
+        # 4. Undo (Ctrl+Z) goes back over the hand edit, the scale, the retime and the drag: the shipped JSON,
+        # byte for byte.
+        for _ in range(4):
             page.keyboard.press("Control+z")
         page.wait_for_function(f"(text) => {PATHS} === text", arg=original)
         page.keyboard.press("Control+Shift+z")
