@@ -284,6 +284,12 @@ class PathEditor {
       this.historyFor = this.node.id;
       this.fromHistory().catch(() => {});
     }
+    // Other widgets the drawing depends on (not part of the paths' undo history).
+    const look = `${this.widget("depth_order")?.value}|${this.frames}|${this.fps}`;
+    if (look !== this.lastLook) {
+      this.lastLook = look;
+      this.draw();
+    }
     const text = this.text;
     if (text === this.lastText) return;
     if (this.lastText !== null) {
@@ -637,7 +643,7 @@ class PathEditor {
     ctx.globalAlpha = 1;
     // Back to front (the depth order the trajectory is rendered in: the first id is in front).
     const byId = new Map(rows.filter((r) => r.index >= 0).map((r) => [scene.objects[r.index].id, r]));
-    const drawOrder = [...scene.order].reverse().map((id) => byId.get(id)).filter((r) => r && r.path);
+    const drawOrder = [...this.depthOrder()].reverse().map((id) => byId.get(id)).filter((r) => r && r.path);
     for (const row of drawOrder) {
       const info = scene.objects[row.index];
       const pose = this.pose(row, this.frame);
@@ -750,11 +756,22 @@ class PathEditor {
     return [(cx - this.view.ox) / this.view.scale, (cy - this.view.oy) / this.view.scale];
   }
 
+  /** Object ids front to back: the depth_order widget as it reads now (Image To Motion's rule), else the run's. */
+  depthOrder() {
+    const objects = this.scene.objects;
+    const text = String(this.widget("depth_order")?.value ?? "");
+    if (!text.trim()) return objects.map((o) => o.id);
+    const ids = text.split(",").map((p) => p.trim()).filter(Boolean)
+      .map((p) => objects.find((o) => o.name === p)?.id ?? objects.find((o) => String(o.id) === p)?.id);
+    const complete = ids.length === objects.length && new Set(ids).size === ids.length && ids.every((id) => id !== undefined);
+    return complete ? ids : this.scene.order;
+  }
+
   /** The front-most object under image point (x, y) at the current frame (row), or undefined. */
   hit(x, y) {
     const scene = this.scene;
     const rows = this.lastRows ?? [];
-    for (const id of scene.order) {
+    for (const id of this.depthOrder()) {
       const row = rows.find((r) => r.index >= 0 && scene.objects[r.index].id === id);
       if (!row?.path) continue;
       const info = scene.objects[row.index];

@@ -3,22 +3,29 @@
 One test per frontend (1.32.9 and 1.58.1) on the session's plain server: the shipped warp workflow is queued
 from the page (so the objects reach the editor the way they reach an artist), then a drag on the canvas
 keyframes the left coin, a drag of a timeline mark retimes a keyframe, a hand edit of the JSON moves the drawn
-big coin, and undo brings the JSON back byte for byte. Screenshots go to artifacts/.
+big coin, and undo brings the JSON back byte for byte; queued again, the decoded video follows the edited path
+within 2 px. Screenshots go to artifacts/.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from playwright.sync_api import Page
 
-from common import WORKFLOWS
+from centroids import measure_centroids
+from common import ROOT, WORKFLOWS
 from tools.browser import comfy_page, dialogs, frontend_version, problem_dialogs, redraw
 from tools.comfy_harness import ComfyServer, frontend_root, frontends
+from ttm_batch.client import ComfyClient
 from ttm_core.motion.paths import ObjectPath, parse_paths, sample_path
 from ttm_core.types import ObjectPrompt, Prompts
 
@@ -110,11 +117,13 @@ def library_pose(text: str, objects: list[dict], size: tuple[int, int], name: st
     return x, y
 
 
-def test_path_editor_drag_retime_hand_edit_undo(request: pytest.FixtureRequest, artifacts: Path, frontend: str) -> None:
+def test_path_editor_drag_retime_hand_edit_undo_then_queue(request: pytest.FixtureRequest, artifacts: Path,
+                                                           frontend: str) -> None:
     graph = json.loads((WORKFLOWS / "ttm_warp_paths.json").read_text())
     motion = next(node for node in graph["nodes"] if node["type"] == "TTM_ImageToMotion")
     original = motion["widgets_values"][1]
-    with comfy_page(server_for(request, frontend).url) as page:
+    server = server_for(request, frontend)
+    with comfy_page(server.url) as page:
         assert frontend_version(page) == frontend
         page.evaluate("async (graph) => { await app.loadGraphData(graph); }", graph)
         page.wait_for_function(f"() => {EDITOR}")
@@ -219,3 +228,27 @@ def test_path_editor_drag_retime_hand_edit_undo(request: pytest.FixtureRequest, 
         page.wait_for_function(f"(text) => {PATHS} === text", arg=first_edit)
         assert math.isclose(json.loads(paths(page))["objects"]["left coin"]["keyframes"][0]["x"], keys[0]["x"])
         assert not problem_dialogs(dialogs(page)), dialogs(page)
+
+        # 5. Queued from the page after the edit: the left coin in the decoded video follows the edited path.
+        prefix = f"ttm/editor_{uuid.uuid4().hex[:8]}"
+        with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/prompt")) as answer:
+            page.evaluate("""async (prefix) => {
+              app.graph.nodes.find((n) => n.type === 'TTM_VideoCombine').widgets
+                .find((w) => w.name === 'filename_prefix').value = prefix;
+              await app.queuePrompt(0, 1); }""", prefix)
+        assert answer.value.status == 200, answer.value.text()
+        prompt_id = answer.value.json()["prompt_id"]
+    result = ComfyClient(server.url, timeout=120).wait(prompt_id, timeout=300)
+    assert result.status == "success", result.error
+    (video,) = [f for f in result.files() if f.filename.endswith(".mp4")]
+    with av.open(str(server.base / "output" / video.subfolder / video.filename)) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert frames.shape[0] == FRAMES
+    left = next(o for o in objects if o["name"] == "left coin")
+    expected = np.array([library_pose(first_edit, objects, size, "left coin", t) for t in range(FRAMES)])
+    mask = np.asarray(Image.open(ROOT / "examples" / "ttm_coins_mask_left.png").convert("L")) / 255.0
+    measured = measure_centroids(frames, mask, np.array([left["x"], left["y"]]), expected)
+    error = np.linalg.norm(measured - expected, axis=-1)
+    assert error.max() <= 2.0, f"the left coin is off the edited path by {error.max():.2f} px at frame {error.argmax()}"
+    # ... which is not the shipped path: there the coin would be ~45 px away at frame 4.
+    assert np.linalg.norm(expected[4] - np.array(library_pose(original, objects, size, "left coin", 4))) > 30
