@@ -5,4 +5,7 @@ ComfyUI entry point only; the nodes are in ``nodes/`` and the library in ``ttm_c
 
 from .nodes import comfy_entrypoint
 
-__all__ = ["comfy_entrypoint"]
+WEB_DIRECTORY = "./web"
+"""The path editor on Image To Motion (a frontend extension; see web/ttm_path_editor.js)."""
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

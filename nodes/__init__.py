@@ -59,12 +59,30 @@ NODES: list[type[io.ComfyNode]] = [
 ]
 
 
+def _output_names_shown(node: type[io.ComfyNode]) -> type[io.ComfyNode]:
+    """``node`` with each output's id as its shown name: ComfyUI labels an output by its ``display_name``
+    or else by its TYPE (STRING, STRING, STRING), never by its id; one place instead of every schema."""
+    define = node.define_schema.__func__  # type: ignore[attr-defined]
+    if getattr(define, "names_outputs", False):
+        return node
+
+    def define_schema(cls: type[io.ComfyNode]) -> io.Schema:
+        schema = define(cls)
+        for output in schema.outputs or []:
+            output.display_name = output.display_name or output.id
+        return schema
+
+    define_schema.names_outputs = True  # type: ignore[attr-defined]
+    node.define_schema = classmethod(define_schema)  # type: ignore[method-assign,assignment]
+    return node
+
+
 class ThroughTheMaskExtension(ComfyExtension):
     async def on_load(self) -> None:
         register_model_folders()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)
+        return [_output_names_shown(node) for node in NODES]
 
 
 async def comfy_entrypoint() -> ThroughTheMaskExtension:

@@ -21,6 +21,7 @@ from ..ttm_core.types import Objects as ObjectsValue
 from ._common import CATEGORY, Objects, Trajectory, check_combo, progress_callback
 from ._models import Managed
 from ._stage2 import show_text
+from .editor_preview import editor_ui
 from .llm_nodes import Llm
 from .model_nodes import LoadedVideoModel, VideoModelSocket
 from .trained_nodes import TrainedSocket
@@ -242,4 +243,5 @@ class ImageToMotion(io.ComfyNode):
         text = planned.paths_json if planned is not None else format_paths(normalized_paths(spec, objects.prompts))
         trajectory = trajectory_from_paths(objects, object_paths, num_frames, fps, order,
                                            progress=progress_callback(cls.hidden.unique_id))
-        return io.NodeOutput(trajectory, trajectory.color_video(), trajectory.foreground(), text)
+        return io.NodeOutput(trajectory, trajectory.color_video(), trajectory.foreground(), text,
+                             ui=editor_ui(image, objects, order))
