@@ -139,3 +139,13 @@ def test_ablation_jobs_override_every_stage2_node_per_configuration(bench: Path,
     assert len(written["both-guided"].read_text().splitlines()) == 3
     with pytest.raises(TTMInputError, match="workflow: no node has the inputs self_strength"):
         write_jobs(bench / "set" / "jobs.jsonl", {"1": workflow["1"]}, tmp_path)
+
+
+def test_ablation_attention_subset_and_its_refusal() -> None:
+    from ttm_core.eval.ablation import configurations
+
+    assert list(configurations((False, True), ("both", "none"))) == ["none-unguided", "both-unguided",
+                                                                     "none-guided", "both-guided"]  # Table 3 order
+    with pytest.raises(TTMInputError) as caught:
+        configurations((True,), ("none", "masked"))
+    assert caught.value.input_name == "attention" and "masked" in str(caught.value) and caught.value.fix

@@ -52,7 +52,8 @@ def test_image_to_motion_inputs_in_saved_order(client: ComfyClient) -> None:
     assert list(spec["required"]) == ["image", "objects", "backend", "paths", "num_frames", "fps", "depth_order",
                                       "spline_objects", "spline_width", "spline_height"]
     assert list(spec["optional"]) == ["spline_coords", "llm", "seed", "temperature", "max_new_tokens", "attempts",
-                                      "trained", "video_model", "steps", "cfg"]
+                                      "trained", "video_model", "steps", "cfg", "model", "clip", "vae",
+                                      "clip_vision", "sampler_name", "scheduler"]
     assert spec["required"]["backend"][1]["options"] == ["paths", "plan", "trained"]
 
 

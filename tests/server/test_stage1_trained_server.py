@@ -99,5 +99,5 @@ def test_a_stage2_checkpoint_on_image_to_motion_fails_naming_trained(client: Com
 def test_the_trained_backend_without_a_model_says_what_to_connect(client: ComfyClient, models: Path) -> None:
     wf = graph()
     del wf[MOTION]["inputs"]["video_model"]
-    expect_failure(client, wf, "video_model:", "native Wan MODEL/CLIP/VAE is not supported for Stage 1",
-                   "Fix: connect Video Model Loader")
+    expect_failure(client, wf, "video_model: the trained backend needs the checkpoint's base model",
+                   "Fix: connect Video Model Loader", "or the native Wan MODEL, CLIP and VAE to model, clip and vae")

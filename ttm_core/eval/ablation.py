@@ -40,11 +40,19 @@ STAGE2_INPUTS = ("self_strength", "cross_strength", "guidance")
 FILE_FIELDS = ("image", "trajectory")
 
 
-def configurations(guidance: Sequence[bool] = (False, True)) -> dict[str, dict[str, Any]]:
-    """Name -> Stage 2 input values, in Table 3's order (guidance off first)."""
+def configurations(guidance: Sequence[bool] = (False, True), attention: Sequence[str] = tuple(ATTENTION)
+                   ) -> dict[str, dict[str, Any]]:
+    """Name -> Stage 2 input values, in Table 3's order (guidance off first); ``attention``: which of
+    none / cross / self / both (a subset, e.g. for a quick two-row check)."""
+    unknown = [key for key in attention if key not in ATTENTION]
+    if unknown or not attention:
+        raise TTMInputError("attention", f"{', '.join(unknown) or 'nothing'} is not one of {', '.join(ATTENTION)}",
+                            "use a comma-separated subset, e.g. none,both")
     out = {}
     for guided in guidance:
         for key, (self_strength, cross_strength) in ATTENTION.items():
+            if key not in attention:
+                continue
             out[f"{key}-{'guided' if guided else 'unguided'}"] = {
                 "self_strength": self_strength, "cross_strength": cross_strength, "guidance": guided}
     return out
@@ -78,7 +86,8 @@ def _absolute(job: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def write_jobs(manifest: Path, workflow: Mapping[str, Any], out: Path,
-               guidance: Sequence[bool] = (False, True)) -> dict[str, Path]:
+               guidance: Sequence[bool] = (False, True), attention: Sequence[str] = tuple(ATTENTION)
+               ) -> dict[str, Path]:
     """One jobs file per configuration in ``out/jobs/``: the manifest's lines with the configuration's
     overrides on every Stage 2 node (the line's own overrides kept, the configuration's win)."""
     nodes = stage2_nodes(workflow)
@@ -90,7 +99,7 @@ def write_jobs(manifest: Path, workflow: Mapping[str, Any], out: Path,
         raise TTMInputError("manifest", f"{manifest} lists no jobs", "give one job per line")
     written = {}
     (out / "jobs").mkdir(parents=True, exist_ok=True)
-    for name, values in configurations(guidance).items():
+    for name, values in configurations(guidance, attention).items():
         lines = []
         for job in jobs:
             job = _absolute(job, manifest.parent)

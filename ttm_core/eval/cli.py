@@ -5,7 +5,8 @@
                    [--metrics adherence,ad,clip_frame,viclip_t,viclip_v,fvd] [--clip DIR] [--viclip FILE]
                    [--viclip-tokenizer DIR] [--i3d FILE] [--reference DIR] [--device cpu] [--fvd-frames 16]
     ttm-eval ablation --manifest SET/jobs.jsonl --workflow W --server URL [--server URL ...] --out DIR
-                   [--guidance off,on] [--resume] [score's metric and model options]
+                   [--guidance off,on] [--attention none,cross,self,both] [--resume] [score's metric and
+                   model options]
 
 Also ``python -m ttm_core.eval.cli``. Bad input ends with one line naming the input and the fix and exit
 status 2. ``score`` writes results.json, results.csv, results.md (printed too), metrics.png and one
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--server", action="append", required=True, help="ComfyUI URL (repeat for several)")
     ablation.add_argument("--out", type=Path, required=True, help="folder: jobs/, renders/<config>/, results/")
     ablation.add_argument("--guidance", default="off,on", help="guidance settings to run: off, on or off,on")
+    ablation.add_argument("--attention", default="none,cross,self,both",
+                          help="masked-attention settings to run, a subset of none,cross,self,both (default all)")
     ablation.add_argument("--per-server", type=int, default=2, help="jobs in flight per server (default 2)")
     ablation.add_argument("--resume", action="store_true", help="keep renders done in an earlier run")
     ablation.add_argument("--metrics", default="adherence,ad", help="as for score")
@@ -166,7 +169,8 @@ def _ablation(args: argparse.Namespace) -> int:
     workflow = json.loads(args.workflow.read_text())
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     models = {"clip": args.clip, "viclip": args.viclip, "viclip_tokenizer": args.viclip_tokenizer, "i3d": args.i3d}
-    jobs = write_jobs(args.manifest, workflow, args.out, [w == "on" for w in words])
+    attention = [w.strip() for w in args.attention.split(",") if w.strip()]
+    jobs = write_jobs(args.manifest, workflow, args.out, [w == "on" for w in words], attention)
     statuses = render(jobs, args.workflow, args.server, args.out, per_server=args.per_server, resume=args.resume,
                       progress=not args.no_progress)
     progress, bar = _bar(args, "clip")
